@@ -1,0 +1,417 @@
+"""The `backline` command: parse, call, print.
+
+    backline init fraud-project
+    backline generate --out data --days 30 --cards 5000 --seed 7
+    backline ingest transactions data/transactions.csv --json
+    backline sql "SELECT reason, count(*) FROM quarantine GROUP BY 1"
+
+A user error (a BacklineError) prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backline import __version__
+from backline.core.errors import BacklineError, UsageError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _project(args: argparse.Namespace) -> Path:
+    from backline.core.config import find_project
+
+    if args.project is not None:
+        return find_project(Path(args.project))
+    return find_project()
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from backline.core.config import load_config
+
+    return load_config(_project(args))
+
+
+@contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[Callable[[str, float], None]]:
+    """A rich progress bar on stderr; a no-op when output is JSON or not a terminal."""
+    if not enabled:
+        yield lambda stage, done: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=1.0)
+
+        def update(stage: str, done: float) -> None:
+            bar.update(task, completed=done, description=f"{label}: {stage}")
+
+        yield update
+
+
+def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be positive, got {text!r}")
+        return value
+
+    return convert
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from backline.core.workspace import init_project
+
+    target = init_project(Path(args.dir), force=args.force)
+    out.print(f"Created project [bold]{target}[/] from the fraud example.")
+    out.print(
+        f"Next: cd {args.dir} && backline generate --out data && backline ingest transactions data/transactions.csv"
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from backline.core.durations import parse_utc
+    from backline.data.generator import GeneratorConfig, generate, parse_drift, write_generated
+
+    drift: tuple[Any, ...] = ()
+    for spec in args.drift or []:
+        drift += parse_drift(spec)
+    cfg = GeneratorConfig(
+        days=args.days,
+        cards=args.cards,
+        seed=args.seed,
+        start=parse_utc(args.start, what="--start"),
+        drift=drift,
+        corrupt=args.corrupt,
+    )
+    with _progress(not args.json and err.is_terminal, "generating") as tick:
+        data = generate(cfg, progress=lambda stage, done: tick(stage, 0.8 * done))
+        tick("writing files", 0.8)
+        paths = write_generated(data, Path(args.out), fmt=args.format)
+    labels = data.labels
+    fraud = sum(labels.column("is_fraud").to_pylist())
+    summary = {
+        "transactions": data.transactions.num_rows,
+        "labels": labels.num_rows,
+        "fraud": fraud,
+        "fraud_rate": round(fraud / max(labels.num_rows, 1), 5),
+        "files": {k: str(v) for k, v in paths.items()},
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        out.print(
+            f"Wrote {summary['transactions']:,} transactions and {summary['labels']:,} labels "
+            f"({fraud:,} fraud, {summary['fraud_rate']:.2%}) to {args.out}"
+        )
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from backline.data.ingest import ingest
+
+    cfg = _config(args)
+    with _progress(not args.json and err.is_terminal, f"ingesting {args.source}") as tick:
+        result = ingest(cfg, args.source, Path(args.path), progress=tick)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    _print_ingest(result)
+    return 0
+
+
+def _print_ingest(result: Any) -> None:
+    verb = "Already ingested as" if result.status == "already_ingested" else "Committed"
+    out.print(f"{verb} batch [bold]{result.batch_id}[/] into source [bold]{result.source}[/]")
+    out.print(
+        f"  rows in {result.rows_in:,} = accepted {result.rows_accepted:,} + "
+        f"quarantined {result.rows_quarantined:,}   ({result.seconds:.2f} s)"
+    )
+    if result.quarantine_reasons:
+        table = Table("quarantine reason", "rows", box=None, padding=(0, 2))
+        for reason, count in sorted(result.quarantine_reasons.items(), key=lambda kv: -kv[1]):
+            table.add_row(reason, f"{count:,}")
+        out.print(table)
+    for warning in result.warnings:
+        out.print(f"  [yellow]note[/] {escape(warning)}")
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from backline.data.offline_store import OfflineStore
+
+    cfg = _config(args)
+    store = OfflineStore.open(cfg)
+    con = store.connect_duckdb(cfg.sources.values())
+    try:
+        rel = con.sql(args.query)
+    except duckdb.Error as exc:
+        raise UsageError(
+            f"query failed: {str(exc).splitlines()[0]}. Tables: {', '.join(_tables(cfg))}."
+        ) from None
+    if rel is None:
+        return 0
+    columns = rel.columns
+    try:
+        rows = rel.limit(args.max_rows + 1).fetchall()
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+    truncated = len(rows) > args.max_rows
+    rows = rows[: args.max_rows]
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        table = Table(*columns, show_lines=False)
+        for row in rows:
+            table.add_row(*("NULL" if v is None else str(v) for v in row))
+        out.print(table)
+        if truncated:
+            out.print(f"(first {args.max_rows} rows; raise --max-rows for more)")
+    return 0
+
+
+def _tables(cfg: Any) -> list[str]:
+    return [*cfg.sources, "quarantine", "batches", "batch_stats"]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from backline.core.uris import check_reachable
+
+    cfg = _config(args)
+    problems = 0
+    for key in ("offline", "online", "registry"):
+        uri = cfg.store_uri(key)
+        try:
+            what = check_reachable(uri)
+            out.print(f"[green]ok[/]   {key}.uri  {what}")
+        except BacklineError as exc:
+            problems += 1
+            err.print(f"[red]fail[/] {escape(str(exc))}")
+    try:
+        what = check_reachable(cfg.catalog_uri)
+        out.print(f"[green]ok[/]   offline.catalog  {what}")
+    except BacklineError as exc:
+        problems += 1
+        err.print(f"[red]fail[/] {escape(str(exc))}")
+    out.print(f"sources: {', '.join(cfg.sources) or '(none)'}")
+    return 2 if problems else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backline.core.config import load_config
+    from backline.core.workspace import init_project
+    from backline.data.generator import GeneratorConfig, generate, write_generated
+    from backline.data.ingest import ingest
+    from backline.data.offline_store import OfflineStore
+
+    target = Path(args.dir)
+    if target.exists() and args.fresh:
+        shutil.rmtree(target)
+    root = init_project(target, force=True)
+    cfg = load_config(root)
+    out.rule("[bold]backline demo: card-fraud scoring")
+    out.print(f"1. project      {root}")
+    gen = GeneratorConfig(days=args.days, cards=args.cards, seed=args.seed, corrupt=0.002)
+    show = err.is_terminal
+    with _progress(show, "generating") as tick:
+        data = generate(gen, progress=tick)
+        paths = write_generated(data, root / "data", fmt="csv")
+    _append_broken_lines(paths["transactions"])
+    out.print(
+        f"2. generated    {data.transactions.num_rows:,} transactions, {data.labels.num_rows:,} "
+        f"labels (with a few broken rows, as real feeds have) in {root / 'data'}"
+    )
+    for step, source in ((3, "transactions"), (4, "labels")):
+        with _progress(show, f"ingesting {source}") as tick:
+            result = ingest(cfg, source, paths[source], progress=tick)
+        out.print(f"{step}. ingested     {source}")
+        _print_ingest(result)
+    store = OfflineStore.open(cfg)
+    con = store.connect_duckdb(cfg.sources.values())
+    out.print("5. what landed (backline sql)")
+    for title, query in (
+        (
+            "transactions per channel",
+            "SELECT channel, count(*) AS rows, round(avg(amount), 2) AS avg_amount "
+            "FROM transactions GROUP BY 1 ORDER BY 2 DESC",
+        ),
+        (
+            "labels known by day 20",
+            "SELECT count(*) AS labels, sum(is_fraud::INT) AS fraud FROM labels "
+            "WHERE label_time < (SELECT min(event_time) FROM transactions) + INTERVAL 20 DAY",
+        ),
+        (
+            "quarantine sample",
+            'SELECT source, reason, "column", message FROM quarantine '
+            "QUALIFY row_number() OVER (PARTITION BY reason ORDER BY line) = 1 ORDER BY source, reason",
+        ),
+    ):
+        rel = con.sql(query)
+        table = Table(*rel.columns, title=title, title_justify="left")
+        for row in rel.fetchall():
+            table.add_row(*(str(v) for v in row))
+        out.print(table)
+    out.print(f'Explore it: cd {root} && backline sql "SELECT * FROM batches"')
+    return 0
+
+
+def _append_broken_lines(path: Path) -> None:
+    """Real feeds break: a truncated line, a wrong field count, bytes in another encoding."""
+    with path.open("ab") as fh:
+        fh.write(b"tx_00000000deadbeef,card_0000001,m_000001,grocery,12.50,USD,US,pos\n")
+        fh.write(
+            "tx_00000000cafe0001,card_0000002,m_000002,caf\xe9,3.20,EUR,FR,pos,dev_0000000001,"
+            "2026-01-02T10:00:00Z\n".encode("latin-1")
+        )
+        fh.write(b"tx_00000000cafe0002,card_0000003,m_0000")
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backline",
+        description="The ML infrastructure behind a model: ingest, features, train, serve, monitor.",
+    )
+    parser.add_argument("--version", action="version", version=f"backline {__version__}")
+    parser.add_argument(
+        "--project",
+        metavar="DIR",
+        help="project folder (default: the nearest one holding backline.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a project folder from the fraud example")
+    p.add_argument("dir", metavar="DIR", help="folder to create")
+    p.add_argument("--force", action="store_true", help="replace the config of an existing project")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "generate", help="write synthetic card transactions and late-arriving labels"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for transactions.* and labels.*"
+    )
+    p.add_argument(
+        "--days", type=_positive(int, "--days"), default=30, help="days of activity (30)"
+    )
+    p.add_argument(
+        "--cards", type=_positive(int, "--cards"), default=5000, help="number of cards (5000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (0)")
+    p.add_argument(
+        "--start", default="2026-01-01", help="first day, YYYY-MM-DD in UTC (2026-01-01)"
+    )
+    p.add_argument(
+        "--drift",
+        action="append",
+        metavar="SPEC",
+        help="a change from a date on, e.g. '2026-01-20:amount_scale=1.5;channel_mix=online:0.4' "
+        "(repeatable; see docs/generator.md)",
+    )
+    p.add_argument(
+        "--format", choices=("csv", "parquet", "jsonl"), default="csv", help="file format (csv)"
+    )
+    p.add_argument(
+        "--corrupt", type=float, default=0.0, help="fraction of rows given bad values (0)"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("ingest", help="validate a file or folder and append it to a source")
+    p.add_argument("source", metavar="SOURCE", help="source name from backline.toml")
+    p.add_argument(
+        "path", metavar="PATH", help="a .csv, .jsonl or .parquet file, or a folder of them"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object with the counts")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("sql", help="query sources, quarantine, batches and batch_stats with DuckDB")
+    p.add_argument("query", metavar="QUERY", help='e.g. "SELECT * FROM quarantine LIMIT 5"')
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output format"
+    )
+    p.add_argument(
+        "--max-rows", type=_positive(int, "--max-rows"), default=100, help="rows to print (100)"
+    )
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("doctor", help="check the config and that every store is reachable")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("demo", help="run the fraud example end to end on embedded defaults")
+    p.add_argument(
+        "--dir", default="demo-project", help="project folder to (re)create (demo-project)"
+    )
+    p.add_argument("--days", type=_positive(int, "--days"), default=30, help="days of data (30)")
+    p.add_argument("--cards", type=_positive(int, "--cards"), default=3000, help="cards (3000)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (7)")
+    p.add_argument(
+        "--keep", dest="fresh", action="store_false", help="keep an existing demo folder"
+    )
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except BacklineError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except BrokenPipeError:  # `backline sql ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""backline.toml as typed, frozen dataclasses.
+
+Every knob is a field with a docstring under it. Loading rejects unknown keys (with a
+suggestion), wrong types and bad combinations, naming the key, the value and the fix.
+Top-level sections can be overridden from the environment as BACKLINE_<SECTION>_<KEY>,
+for example ``BACKLINE_ONLINE_URI=redis://127.0.0.1:6379/0``.
+
+    cfg = load_config(Path("my-project"))
+    cfg.offline.uri          # 'file://.backline/offline'
+    cfg.sources["transactions"].primary_key
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from backline.core.durations import parse_duration, parse_utc
+from backline.core.errors import BacklineError, ConfigError
+from backline.core.uris import StoreURI, parse_uri
+
+CONFIG_FILE = "backline.toml"
+
+COLUMN_TYPES = ("string", "int64", "float64", "bool", "timestamp", "date")
+FORMATS = ("auto", "csv", "jsonl", "parquet")
+# Added to every stored row: which batch brought it, when, and its partition.
+RESERVED_COLUMNS = ("batch_id", "ingested_at", "event_date", "source")
+
+
+@dataclass(frozen=True)
+class ProjectSection:
+    name: str = "backline-project"
+    """Shown in reports and used as a prefix for metric names."""
+
+
+@dataclass(frozen=True)
+class OfflineSection:
+    uri: str = "file://.backline/offline"
+    """Where accepted rows, the quarantine and batch statistics live (Hive-partitioned Parquet).
+    A path after file:// that does not start with / is relative to the project folder."""
+
+    catalog: str = "sqlite:///.backline/catalog.db"
+    """The catalog that makes batches visible atomically: which files belong to which committed
+    batch, content hashes for idempotent re-ingest, batch statistics."""
+
+
+@dataclass(frozen=True)
+class OnlineSection:
+    uri: str = "sqlite:///.backline/online.db"
+    """Online feature store: sqlite:///PATH (embedded) or redis://HOST:PORT/DB."""
+
+
+@dataclass(frozen=True)
+class RegistrySection:
+    uri: str = "sqlite:///.backline/registry.db"
+    """Model registry and run history: sqlite:///PATH or postgresql://USER@HOST:PORT/DB."""
+
+
+@dataclass(frozen=True)
+class IngestSection:
+    max_future: timedelta = timedelta(days=1)
+    """Timestamps later than ingest time plus this are quarantined as timestamp_in_future."""
+
+    duckdb_threads: int = 1
+    """Threads DuckDB may use while validating (1 keeps ingest to one core)."""
+
+    def __post_init__(self) -> None:
+        if self.duckdb_threads < 1:
+            raise ConfigError(
+                f"backline.toml: ingest.duckdb_threads = {self.duckdb_threads} must be at least 1."
+            )
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    """Column name, as it appears in the input header or JSON keys."""
+
+    type: str = "string"
+    """One of string, int64, float64, bool, timestamp (always tz-aware UTC), date."""
+
+    required: bool = False
+    """A null or empty value quarantines the row as missing_value."""
+
+    min: float | None = None
+    """Smallest allowed value (numbers only); smaller values are out_of_range."""
+
+    max: float | None = None
+    """Largest allowed value (numbers only)."""
+
+    allowed: tuple[str, ...] | None = None
+    """The complete set of allowed values (strings); others are not_allowed."""
+
+    pattern: str | None = None
+    """A regular expression the whole value must match (strings)."""
+
+    max_length: int | None = None
+    """Longest allowed string, in characters."""
+
+    not_before: datetime | None = None
+    """Earliest allowed timestamp (timestamps only); earlier ones are timestamp_too_old."""
+
+    categorical: bool = False
+    """Batch statistics keep per-value counts for this column (drift baselines)."""
+
+    description: str = ""
+    """What the column means; shown by `backline sql` users and the docs."""
+
+    def __post_init__(self) -> None:
+        where = f"column '{self.name}'"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name) or self.name.startswith("__"):
+            raise ConfigError(
+                f"backline.toml: column name {self.name!r} must be letters, digits and _ (not "
+                "starting with a digit or __). Rename it."
+            )
+        if self.name in RESERVED_COLUMNS:
+            raise ConfigError(
+                f"backline.toml: column name {self.name!r} is reserved for lineage "
+                f"({', '.join(RESERVED_COLUMNS)}). Rename it."
+            )
+        if self.type not in COLUMN_TYPES:
+            raise ConfigError(
+                f"backline.toml: {where} has type {self.type!r}. Use one of {', '.join(COLUMN_TYPES)}."
+            )
+        numeric = self.type in ("int64", "float64")
+        if (self.min is not None or self.max is not None) and not numeric:
+            raise ConfigError(
+                f"backline.toml: {where} sets min/max but has type {self.type!r}. "
+                "min and max apply to int64 and float64 columns; remove them or change the type."
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ConfigError(
+                f"backline.toml: {where} has min = {self.min} above max = {self.max}. Swap them."
+            )
+        if (self.allowed, self.pattern, self.max_length) != (None, None, None) and (
+            self.type != "string"
+        ):
+            raise ConfigError(
+                f"backline.toml: {where} sets allowed/pattern/max_length but has type "
+                f"{self.type!r}. Those apply to string columns."
+            )
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"backline.toml: {where} has pattern {self.pattern!r}, which is not a valid "
+                    f"regular expression ({exc}). Fix the pattern."
+                ) from None
+        if self.not_before is not None and self.type != "timestamp":
+            raise ConfigError(
+                f"backline.toml: {where} sets not_before but has type {self.type!r}; "
+                "it applies to timestamp columns."
+            )
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    """The source's name: its table in `backline sql` and its folder in the offline store."""
+
+    columns: tuple[ColumnSpec, ...]
+    """The declared schema, in order. Inputs are checked against it on the way in."""
+
+    primary_key: tuple[str, ...]
+    """Columns that identify a row; duplicates within and across batches are quarantined."""
+
+    event_time: str
+    """The timestamp column that says when the event happened; partitions the store by date."""
+
+    format: str = "auto"
+    """auto (by file extension), csv, jsonl or parquet."""
+
+    delimiter: str = ","
+    """CSV field delimiter."""
+
+    encoding: str = "utf-8"
+    """Text encoding of CSV and JSON Lines inputs; undecodable rows are quarantined."""
+
+    extra_columns: str = "drop"
+    """What to do with input columns the schema does not declare: drop (and report) or reject."""
+
+    description: str = ""
+    """What the source holds."""
+
+    def column(self, name: str) -> ColumnSpec:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def __post_init__(self) -> None:
+        names = self.column_names
+        where = f"backline.toml: [sources.{self.name}]"
+        if not names:
+            raise ConfigError(
+                f"{where} declares no columns. Add [sources.{self.name}.columns.NAME]."
+            )
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ConfigError(
+                f"{where}: source name {self.name!r} must be lower-case letters, digits and _."
+            )
+        for key in self.primary_key:
+            if key not in names:
+                raise ConfigError(
+                    f"{where} primary_key names {key!r}, which is not a declared column. "
+                    f"Declared: {', '.join(names)}."
+                )
+        if not self.primary_key:
+            raise ConfigError(f'{where} needs primary_key = ["column", ...].')
+        if self.event_time not in names:
+            raise ConfigError(
+                f"{where} event_time = {self.event_time!r} is not a declared column. "
+                f"Declared: {', '.join(names)}."
+            )
+        if self.column(self.event_time).type != "timestamp":
+            raise ConfigError(
+                f'{where} event_time column {self.event_time!r} must have type = "timestamp".'
+            )
+        if self.format not in FORMATS:
+            raise ConfigError(f"{where} format = {self.format!r}. Use one of {', '.join(FORMATS)}.")
+        if self.extra_columns not in ("drop", "reject"):
+            raise ConfigError(
+                f"{where} extra_columns = {self.extra_columns!r}. Use drop or reject."
+            )
+        if len(self.delimiter) != 1:
+            raise ConfigError(f"{where} delimiter = {self.delimiter!r} must be one character.")
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            raise ConfigError(
+                f"{where} encoding = {self.encoding!r} is not a known encoding; try utf-8 or latin-1."
+            ) from None
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path
+    """The project folder (the one that holds backline.toml)."""
+
+    project: ProjectSection = field(default_factory=ProjectSection)
+    offline: OfflineSection = field(default_factory=OfflineSection)
+    online: OnlineSection = field(default_factory=OnlineSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
+    ingest: IngestSection = field(default_factory=IngestSection)
+    sources: Mapping[str, SourceSpec] = field(default_factory=dict)
+
+    def source(self, name: str) -> SourceSpec:
+        from backline.core.errors import NotFoundError
+
+        if name not in self.sources:
+            hint = _suggest(name, list(self.sources))
+            raise NotFoundError(
+                f"unknown source {name!r}.{hint} Sources in {CONFIG_FILE}: "
+                f"{', '.join(self.sources) or '(none)'}."
+            )
+        return self.sources[name]
+
+    def store_uri(self, section: str) -> StoreURI:
+        """The parsed URI of a store section, resolved against the project folder."""
+        value = getattr(self, section).uri
+        return parse_uri(value, base=self.root, key=f"{section}.uri")
+
+    @property
+    def catalog_uri(self) -> StoreURI:
+        return parse_uri(self.offline.catalog, base=self.root, key="offline.catalog")
+
+
+# Which schemes each store accepts; checked at load time so a typo fails early.
+_SCHEMES = {
+    "offline.uri": ("file",),
+    "offline.catalog": ("sqlite",),
+    "online.uri": ("sqlite", "redis"),
+    "registry.uri": ("sqlite", "postgresql"),
+}
+_SECTIONS: dict[str, type] = {
+    "project": ProjectSection,
+    "offline": OfflineSection,
+    "online": OnlineSection,
+    "registry": RegistrySection,
+    "ingest": IngestSection,
+}
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` that holds backline.toml."""
+    from backline.core.errors import WorkspaceError
+
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise WorkspaceError(
+        f"no {CONFIG_FILE} in {here} or any folder above it. Run `backline init DIR` to create a "
+        "project, or pass --project DIR."
+    )
+
+
+def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read ROOT/backline.toml, apply BACKLINE_* overrides from `env`, and validate."""
+    env = os.environ if env is None else env
+    path = root / CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist. Run `backline init {root}` first.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}). Fix the syntax at that line.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text. Save it as UTF-8.") from None
+
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"sources"})
+    if unknown:
+        key = unknown[0]
+        hint = _suggest(key, [*_SECTIONS, "sources"])
+        raise ConfigError(
+            f"{CONFIG_FILE}: unknown section [{key}].{hint} "
+            f"Valid sections: {', '.join([*_SECTIONS, 'sources'])}."
+        )
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{CONFIG_FILE}: {name} must be a table, written [{name}].")
+        table = dict(table)
+        table.update(_env_overrides(name, cls, env))
+        sections[name] = _build(cls, table, name)
+
+    sources_raw = raw.get("sources", {})
+    if not isinstance(sources_raw, dict):
+        raise ConfigError(f"{CONFIG_FILE}: sources must be tables, written [sources.NAME].")
+    sources = {name: _build_source(name, table) for name, table in sources_raw.items()}
+    cfg = Config(root=root.resolve(), sources=sources, **sections)
+    for key, schemes in _SCHEMES.items():
+        section, attr = key.split(".")
+        value = getattr(getattr(cfg, section), attr)
+        uri = parse_uri(value, base=cfg.root, key=key)
+        if uri.scheme not in schemes:
+            raise ConfigError(
+                f"{CONFIG_FILE}: {key} = {value!r} uses scheme {uri.scheme}://, which this store "
+                f"does not support. Use {' or '.join(s + '://' for s in schemes)}."
+            )
+    return cfg
+
+
+def _env_overrides(section: str, cls: type, env: Mapping[str, str]) -> dict[str, str]:
+    prefix = f"BACKLINE_{section.upper()}_"
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for var, value in env.items():
+        if not var.startswith(prefix):
+            continue
+        key = var[len(prefix) :].lower()
+        if key not in names:
+            hint = _suggest(key, sorted(names))
+            raise ConfigError(
+                f"environment variable {var} names unknown key '{section}.{key}'.{hint} "
+                f"Valid: {', '.join(prefix + n.upper() for n in sorted(names))}."
+            )
+        out[key] = value
+    return out
+
+
+def _build_source(name: str, table: Any) -> SourceSpec:
+    where = f"sources.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{CONFIG_FILE}: {where} must be a table, written [{where}].")
+    table = dict(table)
+    columns_raw = table.pop("columns", None)
+    if not isinstance(columns_raw, dict) or not columns_raw:
+        raise ConfigError(
+            f"{CONFIG_FILE}: [{where}] has no columns. Declare each as [{where}.columns.NAME] "
+            'with type = "string" (or int64, float64, bool, timestamp, date).'
+        )
+    columns = []
+    for col_name, col_table in columns_raw.items():
+        if not isinstance(col_table, dict):
+            raise ConfigError(
+                f"{CONFIG_FILE}: {where}.columns.{col_name} must be a table such as "
+                f'{{ type = "string" }}, not {col_table!r}.'
+            )
+        columns.append(
+            _build(ColumnSpec, {"name": col_name, **col_table}, f"{where}.columns.{col_name}")
+        )
+    return _build(SourceSpec, {"name": name, "columns": tuple(columns), **table}, where)
+
+
+def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            hint = _suggest(key, list(fields))
+            valid = ", ".join(k for k in fields if k not in ("name", "columns"))
+            raise ConfigError(
+                f"{CONFIG_FILE}: unknown key '{where}.{key}'.{hint} Valid keys: {valid}."
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except BacklineError:
+        raise
+    except TypeError as exc:
+        missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
+        raise ConfigError(
+            f"{CONFIG_FILE}: [{where}] is missing {', '.join(missing) or 'a key'} ({exc})."
+        ) from None
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a TOML value (or an environment string) to the field's declared type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    from_env = isinstance(value, str)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise _type_error(key, value, "true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise _type_error(key, value, "an integer")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, value, "a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, value, "a string in quotes")
+    if hint is timedelta:
+        try:
+            return parse_duration(str(value), what=key)
+        except BacklineError:
+            raise _type_error(key, value, "a duration such as '1d' or '12h'") from None
+    if hint is datetime:
+        try:
+            return parse_utc(value, what=key)
+        except BacklineError as exc:
+            raise ConfigError(f"{CONFIG_FILE}: {exc}") from None
+    if origin is tuple:
+        if from_env:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, tuple) and args and args[0] is ColumnSpec:
+            return value
+        if not isinstance(value, list):
+            raise _type_error(key, value, 'a list such as ["a", "b"]')
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    raise ConfigError(f"{CONFIG_FILE}: {key} has an unsupported type {hint!r}.")  # pragma: no cover
+
+
+def _type_error(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{CONFIG_FILE}: {key} = {value!r} must be {expected}. Fix that value.")
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,426 @@
+"""The offline store: Hive-partitioned Parquet, made visible one whole batch at a time.
+
+Layout under the store root (offline.uri):
+
+    source=transactions/event_date=2026-01-01/part-<batch_id>-0.parquet   accepted rows
+    quarantine/source=transactions/part-<batch_id>.parquet                rejected rows, with reasons
+    quarantine/files/<batch_id>/<name>                                    unreadable files, kept whole
+    _staging/<batch_id>/...                                               a batch being written
+    .lock                                                                 one writer at a time
+
+A SQLite catalog (offline.catalog) lists committed batches and their files. Readers see only
+files the catalog lists, so a batch is all there or not there at all:
+
+    1. write every file under _staging/<batch_id>/ and fsync it
+    2. rename each file to its final place, fsync the folders
+    3. one SQLite transaction inserts the batch, its files and its statistics  <- commit point
+
+A writer killed before step 3 leaves files that no committed batch names; the next writer
+deletes them before it starts (`recover`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from backline.core.config import Config, SourceSpec
+from backline.core.errors import StoreError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    input TEXT NOT NULL,
+    rows_in INTEGER NOT NULL,
+    rows_accepted INTEGER NOT NULL,
+    rows_quarantined INTEGER NOT NULL,
+    quarantine_reasons TEXT NOT NULL,
+    warnings TEXT NOT NULL,
+    min_event_time TEXT,
+    max_event_time TEXT,
+    ingested_at TEXT NOT NULL,
+    UNIQUE (source, content_hash)
+);
+CREATE TABLE IF NOT EXISTS batch_files (
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    kind TEXT NOT NULL CHECK (kind IN ('data', 'quarantine', 'kept')),
+    path TEXT NOT NULL,
+    rows INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batch_files_by_batch ON batch_files(batch_id);
+CREATE TABLE IF NOT EXISTS batch_stats (
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    source TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    stats TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A committed batch as the catalog holds it."""
+
+    batch_id: str
+    source: str
+    content_hash: str
+    input: str
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    quarantine_reasons: dict[str, int]
+    warnings: tuple[str, ...]
+    min_event_time: str | None
+    max_event_time: str | None
+    ingested_at: str
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file written under _staging, and where it goes on commit (paths relative to root)."""
+
+    staged: Path
+    final: str
+    kind: str
+    rows: int
+
+
+class OfflineStore:
+    """Open the store of a project: `OfflineStore.open(cfg)`."""
+
+    def __init__(self, root: Path, catalog: Path) -> None:
+        self.root = root
+        self.catalog_path = catalog
+
+    @classmethod
+    def open(cls, cfg: Config) -> OfflineStore:
+        root = cfg.store_uri("offline").path
+        catalog = cfg.catalog_uri.path
+        assert root is not None and catalog is not None
+        store = cls(root, catalog)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            catalog.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"offline.uri = {cfg.offline.uri!r}: cannot create {root} ({exc.strerror}). "
+                "Point it at a folder you can write."
+            ) from None
+        with store._connect() as con:
+            con.executescript(_SCHEMA)
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"catalog {catalog} has schema version {row[0]}, newer than this backline "
+                    f"understands ({SCHEMA_VERSION}). Upgrade backline."
+                )
+        return store
+
+    # -- catalog ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            con = sqlite3.connect(self.catalog_path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open catalog {self.catalog_path} ({exc}).") from None
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            yield con
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"catalog {self.catalog_path} cannot be used ({exc}). Restore it from a backup "
+                "or move it aside to start an empty store."
+            ) from None
+        finally:
+            con.close()
+
+    def find_batch(self, source: str, content_hash: str) -> BatchRecord | None:
+        with self._connect() as con:
+            row = con.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE source = ? AND content_hash = ?",
+                (source, content_hash),
+            ).fetchone()
+        return _batch(row) if row else None
+
+    def batches(self, source: str | None = None) -> list[BatchRecord]:
+        query = f"SELECT {_BATCH_COLUMNS} FROM batches"
+        args: tuple[str, ...] = ()
+        if source is not None:
+            query += " WHERE source = ?"
+            args = (source,)
+        with self._connect() as con:
+            rows = con.execute(query + " ORDER BY ingested_at, batch_id", args).fetchall()
+        return [_batch(r) for r in rows]
+
+    def files(self, kind: str, source: str | None = None) -> list[Path]:
+        query = "SELECT f.path FROM batch_files f JOIN batches b USING (batch_id) WHERE f.kind = ?"
+        args: tuple[str, ...] = (kind,)
+        if source is not None:
+            query += " AND b.source = ?"
+            args = (kind, source)
+        with self._connect() as con:
+            rows = con.execute(query + " ORDER BY f.path", args).fetchall()
+        return [self.root / r[0] for r in rows]
+
+    def sources(self) -> list[str]:
+        with self._connect() as con:
+            return [r[0] for r in con.execute("SELECT DISTINCT source FROM batches ORDER BY 1")]
+
+    def stats_rows(self) -> list[tuple[str, str, str, str]]:
+        with self._connect() as con:
+            return con.execute(
+                "SELECT batch_id, source, column_name, stats FROM batch_stats ORDER BY 1, 2, 3"
+            ).fetchall()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def writer_lock(self, wait_s: float = 60.0) -> Iterator[None]:
+        """Hold the store's single-writer lock; recover from a crashed writer first."""
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"another backline process is writing to {self.root} and has held "
+                            f"the lock for over {wait_s:.0f} s. Wait for it or stop it."
+                        ) from None
+                    time.sleep(0.05)
+            self.recover()
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def staging_dir(self, batch_id: str) -> Path:
+        path = self.root / "_staging" / batch_id
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def recover(self) -> list[str]:
+        """Delete files no committed batch owns: leftovers of a writer that died."""
+        removed: list[str] = []
+        staging = self.root / "_staging"
+        if staging.exists():
+            shutil.rmtree(staging)
+            removed.append("_staging")
+        with self._connect() as con:
+            owned = {r[0] for r in con.execute("SELECT path FROM batch_files")}
+        for folder in [*self.root.glob("source=*"), self.root / "quarantine"]:
+            if not folder.exists():
+                continue
+            for path in folder.rglob("*"):
+                if path.is_file() and str(path.relative_to(self.root)) not in owned:
+                    path.unlink()
+                    removed.append(str(path.relative_to(self.root)))
+        return removed
+
+    def commit(
+        self,
+        batch: BatchRecord,
+        files: Sequence[StagedFile],
+        stats: dict[str, dict[str, object]],
+        fault_point: str | None = None,
+    ) -> None:
+        """Move staged files into place, then make the batch visible in one transaction."""
+        touched: set[Path] = set()
+        for i, item in enumerate(files):
+            target = self.root / item.final
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item.staged, target)
+            touched.add(target.parent)
+            if fault_point == "mid_move" and i == len(files) // 2:
+                _die()
+        for folder in touched:
+            _fsync_dir(folder)
+        if fault_point == "before_commit":
+            _die()
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(
+                f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                (
+                    batch.batch_id,
+                    batch.source,
+                    batch.content_hash,
+                    batch.input,
+                    batch.rows_in,
+                    batch.rows_accepted,
+                    batch.rows_quarantined,
+                    json.dumps(batch.quarantine_reasons, sort_keys=True),
+                    json.dumps(list(batch.warnings)),
+                    batch.min_event_time,
+                    batch.max_event_time,
+                    batch.ingested_at,
+                ),
+            )
+            con.executemany(
+                "INSERT INTO batch_files VALUES (?, ?, ?, ?)",
+                [(batch.batch_id, f.kind, f.final, f.rows) for f in files],
+            )
+            con.executemany(
+                "INSERT INTO batch_stats VALUES (?, ?, ?, ?)",
+                [
+                    (batch.batch_id, batch.source, column, json.dumps(values, default=str))
+                    for column, values in stats.items()
+                ],
+            )
+            con.execute("COMMIT")
+        shutil.rmtree(self.root / "_staging" / batch.batch_id, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another writer's batch may be staging there
+            (self.root / "_staging").rmdir()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def connect_duckdb(
+        self, sources: Iterable[SourceSpec], threads: int | None = None
+    ) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per source, plus quarantine, batches, batch_stats."""
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        for spec in sources:
+            con.execute(f'CREATE VIEW "{spec.name}" AS {self.source_sql(spec)}')
+        quarantine = self.files("quarantine")
+        if quarantine:
+            con.execute(
+                f"CREATE VIEW quarantine AS SELECT * FROM read_parquet({_list(quarantine)}, "
+                "hive_partitioning = true)"
+            )
+        else:
+            con.execute(
+                "CREATE VIEW quarantine AS SELECT NULL::VARCHAR AS batch_id, NULL::VARCHAR AS file, "
+                'NULL::BIGINT AS line, NULL::VARCHAR AS reason, NULL::VARCHAR AS "column", '
+                "NULL::VARCHAR AS message, NULL::VARCHAR AS raw_record, "
+                "NULL::TIMESTAMPTZ AS ingested_at, NULL::VARCHAR AS source WHERE false"
+            )
+        rows = [
+            (
+                b.batch_id,
+                b.source,
+                b.input,
+                b.rows_in,
+                b.rows_accepted,
+                b.rows_quarantined,
+                json.dumps(b.quarantine_reasons),
+                b.min_event_time,
+                b.max_event_time,
+                b.ingested_at,
+            )
+            for b in self.batches()
+        ]
+        con.execute(
+            "CREATE TABLE batches (batch_id VARCHAR, source VARCHAR, input VARCHAR, rows_in BIGINT, "
+            "rows_accepted BIGINT, rows_quarantined BIGINT, quarantine_reasons JSON, "
+            "min_event_time TIMESTAMPTZ, max_event_time TIMESTAMPTZ, ingested_at TIMESTAMPTZ)"
+        )
+        if rows:
+            con.executemany(f"INSERT INTO batches VALUES ({', '.join('?' * 10)})", rows)
+        con.execute(
+            "CREATE TABLE batch_stats (batch_id VARCHAR, source VARCHAR, column_name VARCHAR, "
+            "stats JSON)"
+        )
+        stats = self.stats_rows()
+        if stats:
+            con.executemany("INSERT INTO batch_stats VALUES (?, ?, ?, ?)", stats)
+        return con
+
+    def source_sql(self, spec: SourceSpec) -> str:
+        """SQL that reads the committed rows of one source (typed and empty if none yet)."""
+        files = self.files("data", spec.name)
+        if files:
+            return (
+                f"SELECT * FROM read_parquet({_list(files)}, hive_partitioning = true, "
+                "union_by_name = true)"
+            )
+        types = {
+            "string": "VARCHAR",
+            "int64": "BIGINT",
+            "float64": "DOUBLE",
+            "bool": "BOOLEAN",
+            "timestamp": "TIMESTAMPTZ",
+            "date": "DATE",
+        }
+        columns = [f'NULL::{types[c.type]} AS "{c.name}"' for c in spec.columns]
+        columns += [
+            "NULL::TIMESTAMPTZ AS ingested_at",
+            "NULL::VARCHAR AS batch_id",
+            "NULL::DATE AS event_date",
+            "NULL::VARCHAR AS source",
+        ]
+        return f"SELECT {', '.join(columns)} WHERE false"
+
+
+_BATCH_COLUMNS = (
+    "batch_id, source, content_hash, input, rows_in, rows_accepted, rows_quarantined, "
+    "quarantine_reasons, warnings, min_event_time, max_event_time, ingested_at"
+)
+
+
+def _batch(row: Sequence[object]) -> BatchRecord:
+    return BatchRecord(
+        batch_id=str(row[0]),
+        source=str(row[1]),
+        content_hash=str(row[2]),
+        input=str(row[3]),
+        rows_in=int(row[4]),  # type: ignore[call-overload]
+        rows_accepted=int(row[5]),  # type: ignore[call-overload]
+        rows_quarantined=int(row[6]),  # type: ignore[call-overload]
+        quarantine_reasons=json.loads(str(row[7])),
+        warnings=tuple(json.loads(str(row[8]))),
+        min_event_time=None if row[9] is None else str(row[9]),
+        max_event_time=None if row[10] is None else str(row[10]),
+        ingested_at=str(row[11]),
+    )
+
+
+def _list(paths: Sequence[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _die() -> None:
+    """Fault injection for the atomicity tests: vanish as a SIGKILL would."""
+    os.kill(os.getpid(), 9)

@@ -1,0 +1,347 @@
+"""Ingestion: validation, quarantine with reasons, idempotence, the files real users send."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from backline.cli import main
+from backline.core.config import Config
+from backline.core.errors import InputError, NotFoundError
+from backline.data.ingest import ingest
+from backline.data.offline_store import OfflineStore
+from tests.data.helpers import HEADER, row, tx_id, write_csv
+
+
+def query(cfg: Config, sql: str) -> list[tuple]:
+    con = OfflineStore.open(cfg).connect_duckdb(cfg.sources.values())
+    return con.sql(sql).fetchall()
+
+
+def quarantine_by_line(cfg: Config) -> dict[int, str]:
+    return dict(query(cfg, "SELECT line, reason FROM quarantine"))
+
+
+def test_each_bad_value_gets_its_reason_and_line(cfg: Config, tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "t.csv",
+        [
+            row(1),  # line 2: good
+            row(2, amount="-3"),  # 3
+            row(3, currency="XXX"),  # 4
+            row(4, event_time="2026-01-02 10:00:00"),  # 5: no timezone
+            row(5, event_time="2099-01-01T00:00:00Z"),  # 6: far future
+            row(1, amount="7"),  # 7: duplicate of line 2
+            "",  # 8: blank, not a record
+            row(6).rsplit(",", 2)[0],  # 9: two fields short
+            row(7, card=""),  # 10: required value missing
+            row(8, amount="abc"),  # 11
+            row(9, amount="nan"),  # 12
+            row(10, channel="carrier_pigeon"),  # 13
+            row(11, event_time="1999-12-31T23:00:00Z"),  # 14: before not_before
+            row(12, event_time="2026-01-02T10:00:00+02:00"),  # 15: good, offset normalised
+            f"{tx_id(13)},card_0000001,m_000001,grocery,1.0,USD,US,pos,,2026-01-03T00:00:00Z",  # 16: good, optional empty
+        ],
+    )
+    result = ingest(cfg, "transactions", path)
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (14, 3, 11)
+    assert quarantine_by_line(cfg) == {
+        3: "out_of_range",
+        4: "not_allowed",
+        5: "timestamp_without_timezone",
+        6: "timestamp_in_future",
+        7: "duplicate_key_in_batch",
+        9: "malformed_row",
+        10: "missing_value",
+        11: "type_mismatch",
+        12: "type_mismatch",
+        13: "not_allowed",
+        14: "timestamp_too_old",
+    }
+    rows = query(
+        cfg,
+        "SELECT transaction_id, amount, device_id, epoch(event_time)::BIGINT FROM transactions ORDER BY 1",
+    )
+    assert rows == [
+        (tx_id(1), 12.5, "dev_00000001", 1767348000),
+        (tx_id(12), 12.5, "dev_00000001", 1767340800),
+        (tx_id(13), 1.0, None, 1767398400),
+    ]
+    messages = dict(query(cfg, "SELECT reason, message FROM quarantine"))
+    assert messages["out_of_range"] == "amount = -3 is below min 0.01"
+    assert "add an offset such as Z or +00:00" in messages["timestamp_without_timezone"]
+    raw = dict(query(cfg, "SELECT line, raw_record FROM quarantine"))
+    assert json.loads(raw[3])["amount"] == "-3"  # the original text, not a parsed value
+    assert raw[9] == row(6).rsplit(",", 2)[0]
+
+
+def test_reingesting_the_same_content_is_a_no_op(cfg: Config, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", [row(i) for i in range(50)] + [row(1000, amount="-1")])
+    first = ingest(cfg, "transactions", path)
+    again = ingest(cfg, "transactions", path)
+    assert first.status == "committed" and again.status == "already_ingested"
+    assert again.batch_id == first.batch_id
+    assert (again.rows_in, again.rows_accepted, again.rows_quarantined) == (51, 50, 1)
+    assert query(cfg, "SELECT count(*) FROM transactions") == [(50,)]
+    assert query(cfg, "SELECT count(*) FROM quarantine") == [(1,)]
+    assert query(cfg, "SELECT count(*) FROM batches") == [(1,)]
+
+
+def test_keys_already_in_the_store_are_quarantined_not_doubled(cfg: Config, tmp_path: Path) -> None:
+    ingest(cfg, "transactions", write_csv(tmp_path / "a.csv", [row(i) for i in range(10)]))
+    result = ingest(
+        cfg, "transactions", write_csv(tmp_path / "b.csv", [row(i) for i in range(5, 15)])
+    )
+    assert result.rows_accepted == 5
+    assert result.quarantine_reasons == {"duplicate_key": 5}
+    assert query(cfg, "SELECT count(*), count(DISTINCT transaction_id) FROM transactions") == [
+        (15, 15)
+    ]
+
+
+def test_empty_and_header_only_files(cfg: Config, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(HEADER + "\n")
+    for path in (empty, header_only):
+        result = ingest(cfg, "transactions", path)
+        assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (0, 0, 0)
+    assert query(cfg, "SELECT count(*) FROM batches") == [(2,)]
+
+
+def test_truncated_file_loses_only_its_last_record(cfg: Config, tmp_path: Path) -> None:
+    data = (HEADER + "\n" + "\n".join(row(i) for i in range(20)) + "\n").encode()
+    path = tmp_path / "t.csv"
+    path.write_bytes(data[: len(data) - 30])  # cut inside the last line
+    result = ingest(cfg, "transactions", path)
+    assert (result.rows_in, result.rows_accepted) == (20, 19)
+    assert result.quarantine_reasons in (
+        {"malformed_row": 1},
+        {"timestamp_without_timezone": 1},
+        {"type_mismatch": 1},
+    )
+
+
+def test_wrong_delimiter_quarantines_every_row_and_says_why(cfg: Config, tmp_path: Path) -> None:
+    path = tmp_path / "semi.csv"
+    path.write_text(
+        HEADER.replace(",", ";")
+        + "\n"
+        + "\n".join(row(i).replace(",", ";") for i in range(5))
+        + "\n"
+    )
+    result = ingest(cfg, "transactions", path)
+    assert (result.rows_in, result.rows_quarantined) == (5, 5)
+    assert result.quarantine_reasons == {"missing_column": 5}
+    message = query(cfg, "SELECT DISTINCT message FROM quarantine")[0][0]
+    assert "the delimiter is probably not ','" in message
+
+
+def test_bytes_in_another_encoding_quarantine_only_their_line(cfg: Config, tmp_path: Path) -> None:
+    lines = [row(i).encode() for i in range(6)]
+    lines[3] = row(3).replace("grocery", "caf\u00e9").encode("latin-1")
+    path = tmp_path / "t.csv"
+    path.write_bytes(HEADER.encode() + b"\n" + b"\n".join(lines) + b"\n")
+    result = ingest(cfg, "transactions", path)
+    assert (result.rows_in, result.rows_accepted) == (6, 5)
+    assert quarantine_by_line(cfg) == {5: "invalid_encoding"}
+    assert "caf\\xe9" in query(cfg, "SELECT raw_record FROM quarantine")[0][0]
+
+
+def test_quoted_fields_crlf_and_bom(cfg: Config, tmp_path: Path) -> None:
+    rows = [row(i).replace("grocery", '"grocery"') for i in range(4)]
+    rows.append(row(4).replace("m_000001", '"m_0,01"'))  # a delimiter inside quotes
+    rows.append(row(5).replace("m_000001", '"m_00\nsplit"'))  # a newline inside quotes
+    rows.append(row(6).replace("m_000001", '"never closed'))
+    rows.append(row(7))
+    path = tmp_path / "q.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join([HEADER, *rows]) + "\r\n").encode())
+    result = ingest(cfg, "transactions", path)
+    assert result.rows_in == 8
+    assert result.quarantine_reasons == {"malformed_row": 1}
+    assert query(
+        cfg, f"SELECT merchant_id FROM transactions WHERE transaction_id = '{tx_id(4)}'"
+    ) == [("m_0,01",)]
+    assert query(
+        cfg, f"SELECT merchant_id FROM transactions WHERE transaction_id = '{tx_id(5)}'"
+    ) == [("m_00\nsplit",)]
+    assert quarantine_by_line(cfg) == {9: "malformed_row"}
+
+
+def test_jsonl_with_broken_lines(cfg: Config, tmp_path: Path) -> None:
+    good = {
+        "transaction_id": tx_id(1),
+        "card_id": "card_0000001",
+        "merchant_id": "m_1",
+        "merchant_category": "fuel",
+        "amount": 30.5,
+        "currency": "EUR",
+        "country": "DE",
+        "channel": "pos",
+        "device_id": "d",
+        "event_time": "2026-01-05T08:00:00Z",
+        "extra": 1,
+    }
+    lines = [
+        json.dumps(good),
+        '{"transaction_id": "tx_broken',
+        "[1, 2, 3]",
+        json.dumps({**good, "transaction_id": tx_id(2), "amount": "40"}),
+        json.dumps({**good, "transaction_id": tx_id(3), "amount": {"value": 1}}),
+        json.dumps({**good, "transaction_id": tx_id(4), "amount": None}),
+        "",
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines))
+    result = ingest(cfg, "transactions", path)
+    assert (result.rows_in, result.rows_accepted) == (6, 2)
+    assert quarantine_by_line(cfg) == {
+        2: "malformed_row",
+        3: "malformed_row",
+        5: "type_mismatch",
+        6: "missing_value",
+    }
+    assert any("extra" in w for w in result.warnings)
+    # JSON Lines keep the original line as the raw record
+    assert query(cfg, "SELECT raw_record FROM quarantine WHERE line = 6")[0][0] == lines[5]
+
+
+def test_parquet_typed_input_and_naive_timestamps(cfg: Config, tmp_path: Path) -> None:
+    n = 1000
+    ts = pa.array(np.datetime64("2026-01-01T00:00:00") + np.arange(n) * np.timedelta64(60, "s"))
+    table = pa.table(
+        {
+            "transaction_id": [tx_id(i) for i in range(n)],
+            "card_id": ["card_0000001"] * n,
+            "merchant_id": ["m_1"] * n,
+            "merchant_category": ["fuel"] * n,
+            "amount": np.linspace(1, 100, n),
+            "currency": ["USD"] * n,
+            "country": ["US"] * n,
+            "channel": ["pos"] * n,
+            "device_id": [None] * n,
+            "event_time": ts.cast(pa.timestamp("us", tz="Europe/Berlin")),
+        }
+    )
+    aware = tmp_path / "aware.parquet"
+    pq.write_table(table, aware)
+    result = ingest(cfg, "transactions", aware)
+    assert (result.rows_in, result.rows_accepted) == (n, n)
+    naive = tmp_path / "naive.parquet"
+    pq.write_table(
+        table.set_column(9, "event_time", ts.cast(pa.timestamp("us"))).slice(0, 10), naive
+    )
+    assert ingest(cfg, "transactions", naive).quarantine_reasons == {
+        "timestamp_without_timezone": 10
+    }
+    # Arrow keeps instants; a Berlin-zoned column lands as the same instant in UTC
+    assert query(cfg, "SELECT min(event_time)::VARCHAR FROM transactions") == [
+        ("2026-01-01 00:00:00+00",)
+    ]
+
+
+def test_truncated_parquet_is_kept_whole_in_quarantine(cfg: Config, tmp_path: Path) -> None:
+    good = tmp_path / "in" / "a.parquet"
+    good.parent.mkdir()
+    pq.write_table(pa.table({"transaction_id": [tx_id(1)]}), good)
+    data = good.read_bytes()
+    bad = tmp_path / "in" / "b.parquet"
+    bad.write_bytes(data[: len(data) // 2])
+    result = ingest(cfg, "transactions", tmp_path / "in")
+    assert result.files == 2
+    assert result.quarantine_reasons == {"missing_column": 1, "unreadable_file": 1}
+    kept = list((cfg.store_uri("offline").path / "quarantine" / "files").rglob("b.parquet"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bad.read_bytes()
+
+
+def test_statistics_are_stored_per_batch(cfg: Config, tmp_path: Path) -> None:
+    amounts = [f"{a:.2f}" for a in np.linspace(1, 500, 101)]
+    path = write_csv(
+        tmp_path / "t.csv",
+        [row(i, amount=a, channel="online" if i % 4 else "pos") for i, a in enumerate(amounts)]
+        + [row(999, card="")],
+    )
+    ingest(cfg, "transactions", path)
+    stats = {c: json.loads(s) for c, s in query(cfg, "SELECT column_name, stats FROM batch_stats")}
+    assert stats["amount"]["count"] == 101 and stats["amount"]["null_rate"] == 0
+    assert stats["amount"]["quantiles"]["0.5"] == pytest.approx(
+        np.median([float(a) for a in amounts])
+    )
+    assert stats["amount"]["min"] == 1.0 and stats["amount"]["max"] == 500.0
+    assert stats["channel"]["categories"] == {"online": 75, "pos": 26}
+    assert stats["device_id"]["null_rate"] == 0.0
+    assert stats["event_time"]["min"].startswith("2026-01-02T10:00:00")
+
+
+def test_errors_for_unknown_source_and_missing_path(cfg: Config, tmp_path: Path) -> None:
+    with pytest.raises(
+        NotFoundError, match=r"unknown source 'transaction'\. Did you mean 'transactions'\?"
+    ):
+        ingest(cfg, "transaction", tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        ingest(cfg, "transactions", tmp_path / "nope.csv")
+    (tmp_path / "empty-dir").mkdir()
+    with pytest.raises(InputError, match=r"holds no \.csv"):
+        ingest(cfg, "transactions", tmp_path / "empty-dir")
+
+
+def test_cli_ingest_json_and_exit_codes(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_csv(tmp_path / "t.csv", [row(1), row(2, amount="-1")])
+    assert main(["--project", str(project), "ingest", "transactions", str(path), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {
+        "rows_in",
+        "rows_accepted",
+        "rows_quarantined",
+        "batch_id",
+        "quarantine_reasons",
+    } <= set(payload)
+    assert payload["quarantine_reasons"] == {"out_of_range": 1}
+    assert main(["--project", str(project), "ingest", "nope", str(path)]) == 2
+    assert main(["--project", str(project), "sql", "SELECT * FROM nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown source 'nope'" in err and "query failed" in err and "Traceback" not in err
+
+
+def test_sql_shows_sources_quarantine_and_batches(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_csv(tmp_path / "t.csv", [row(1), row(2, amount="x")])
+    main(["--project", str(project), "ingest", "transactions", str(path)])
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "--project",
+                str(project),
+                "sql",
+                "SELECT b.rows_in, q.reason FROM batches b JOIN quarantine q USING (batch_id)",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == {"rows_in": 2, "reason": "type_mismatch"}
+
+
+def test_uncommitted_files_are_invisible_and_swept(cfg: Config, tmp_path: Path) -> None:
+    ingest(cfg, "transactions", write_csv(tmp_path / "a.csv", [row(1)]))
+    root = cfg.store_uri("offline").path
+    stray = root / "source=transactions" / "event_date=2026-01-02" / "part-crashed-0.parquet"
+    pq.write_table(pa.table({"transaction_id": ["tx_ffffffffffffffff"]}), stray)
+    assert query(cfg, "SELECT count(*) FROM transactions") == [(1,)]
+    ingest(cfg, "transactions", write_csv(tmp_path / "b.csv", [row(2)]))
+    assert not stray.exists()
+    assert duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{root}/source=transactions/**/*.parquet')"
+    ).fetchall() == [(2,)]
