@@ -1,0 +1,102 @@
+"""The command line as a user meets it: discovery, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backline.cli import main
+from backline.data.generator import CHANNELS, CURRENCIES
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "backline.cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_init_generate_ingest_sql_from_a_subfolder(tmp_path: Path) -> None:
+    assert run("init", str(tmp_path / "proj")).returncode == 0
+    data = tmp_path / "proj" / "data"
+    gen = run("generate", "--out", str(data), "--days", "5", "--cards", "200", "--seed", "3", "--json")
+    assert gen.returncode == 0, gen.stderr
+    summary = json.loads(gen.stdout)
+    assert summary["transactions"] == summary["labels"] > 0
+    # commands find the project from any folder inside it
+    ingest = run("ingest", "transactions", "transactions.csv", "--json", cwd=data)
+    assert ingest.returncode == 0, ingest.stderr
+    result = json.loads(ingest.stdout)
+    assert result["rows_in"] == summary["transactions"] == result["rows_accepted"]
+    sql = run("sql", "SELECT count(*) AS n FROM transactions", "--format", "json", cwd=data)
+    assert json.loads(sql.stdout) == {"n": summary["transactions"]}
+
+
+def test_outside_a_project_the_error_says_how_to_make_one(tmp_path: Path) -> None:
+    proc = run("sql", "SELECT 1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no backline.toml" in proc.stderr and "backline init" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--out", "x", "--days", "0"], "--days must be positive"),
+        (["generate", "--out", "x", "--start", "01/02/2026"], "--start '01/02/2026' is not a date"),
+        (["generate", "--out", "x", "--drift", "2026-01-05:amount_scale=big"], "big"),
+        (["generate", "--out", "x", "--drift", "2026-01-05:teleport=1"], "teleport"),
+        (["generate", "--out", "x", "--format", "xml"], "invalid choice: 'xml'"),
+        (["ingest"], "the following arguments are required"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", str(tmp_path / "p")]) == 0
+    assert main(["init", str(tmp_path / "p")]) == 2
+    assert "already holds a backline project" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "p"), "--force"]) == 0
+
+
+def test_unusable_offline_store_is_exit_2(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("BACKLINE_OFFLINE_URI", f"file://{blocker}/store")
+    data = tmp_path / "t.csv"
+    data.write_text("transaction_id\n")
+    assert main(["--project", str(project), "ingest", "transactions", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "offline.uri" in err and "cannot create" in err
+
+
+def test_example_schema_admits_what_the_generator_writes(project: Path) -> None:
+    from backline.core.config import load_config
+
+    tx = load_config(project, env={}).sources["transactions"]
+    assert set(CURRENCIES) <= set(tx.column("currency").allowed or ())
+    assert set(CHANNELS) == set(tx.column("channel").allowed or ())
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from backline.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():  # type: ignore[union-attr]
+        assert command.description or sub._choices_actions, name
+        helps = {a.dest: a.help for a in command._actions if a.dest != "help"}
+        assert all(helps.values()), f"{name}: an option has no help text: {helps}"
+    documented = {a.dest for a in sub._choices_actions if a.help}
+    assert documented == set(sub.choices)
