@@ -18,14 +18,20 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
     return subprocess.run(
         [sys.executable, "-m", "backline.cli", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_init_generate_ingest_sql_from_a_subfolder(tmp_path: Path) -> None:
     assert run("init", str(tmp_path / "proj")).returncode == 0
     data = tmp_path / "proj" / "data"
-    gen = run("generate", "--out", str(data), "--days", "5", "--cards", "200", "--seed", "3", "--json")
+    gen = run(
+        "generate", "--out", str(data), "--days", "5", "--cards", "200", "--seed", "3", "--json"
+    )
     assert gen.returncode == 0, gen.stderr
     summary = json.loads(gen.stdout)
     assert summary["transactions"] == summary["labels"] > 0
@@ -56,7 +62,9 @@ def test_outside_a_project_the_error_says_how_to_make_one(tmp_path: Path) -> Non
         (["ingest"], "the following arguments are required"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_arguments_exit_2_with_one_clear_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     proc = run(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout
     assert message in proc.stderr
@@ -70,7 +78,12 @@ def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["init", str(tmp_path / "p"), "--force"]) == 0
 
 
-def test_unusable_offline_store_is_exit_2(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unusable_offline_store_is_exit_2(
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("BACKLINE_OFFLINE_URI", f"file://{blocker}/store")
@@ -100,3 +113,17 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert all(helps.values()), f"{name}: an option has no help text: {helps}"
     documented = {a.dest for a in sub._choices_actions if a.help}
     assert documented == set(sub.choices)
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    proc = run(
+        "demo", "--dir", str(tmp_path / "demo"), "--cards", "300", "--days", "10", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    for expected in (
+        "ingested     transactions",
+        "fraud by channel",
+        "invalid_encoding",
+        "malformed_row",
+    ):
+        assert expected in proc.stdout, expected

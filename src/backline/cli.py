@@ -270,19 +270,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print("5. what landed (backline sql)")
     for title, query in (
         (
-            "transactions per channel",
-            "SELECT channel, count(*) AS rows, round(avg(amount), 2) AS avg_amount "
-            "FROM transactions GROUP BY 1 ORDER BY 2 DESC",
+            "fraud by channel (labels joined to transactions)",
+            "SELECT t.channel, count(*) AS transactions, sum(l.is_fraud::INT) AS fraud, "
+            "round(100 * avg(l.is_fraud::INT), 2) AS fraud_pct "
+            "FROM transactions t JOIN labels l USING (transaction_id) GROUP BY 1 ORDER BY 4 DESC",
         ),
         (
-            "labels known by day 20",
-            "SELECT count(*) AS labels, sum(is_fraud::INT) AS fraud FROM labels "
-            "WHERE label_time < (SELECT min(event_time) FROM transactions) + INTERVAL 20 DAY",
+            "what was known when: labels by week of arrival",
+            "SELECT date_trunc('week', label_time)::DATE AS arrived_week, count(*) AS labels, "
+            "sum(is_fraud::INT) AS fraud FROM labels GROUP BY 1 ORDER BY 1",
         ),
         (
-            "quarantine sample",
+            "quarantine: one example per reason",
             'SELECT source, reason, "column", message FROM quarantine '
-            "QUALIFY row_number() OVER (PARTITION BY reason ORDER BY line) = 1 ORDER BY source, reason",
+            "QUALIFY row_number() OVER (PARTITION BY source, reason ORDER BY line) = 1 "
+            "ORDER BY source, reason",
         ),
     ):
         rel = con.sql(query)
