@@ -31,7 +31,7 @@ def parse_duration(text: str, *, what: str = "duration") -> timedelta:
 def format_duration(delta: timedelta) -> str:
     """The shortest exact spelling of a duration: 600 s -> '10m'."""
     seconds = delta.total_seconds()
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         size = _UNITS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
