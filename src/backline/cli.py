@@ -11,6 +11,7 @@ A user error (a BacklineError) prints one line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -236,6 +237,135 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def _definitions(args: argparse.Namespace) -> tuple[Any, Any]:
+    from backline.features.repository import load_definitions
+
+    cfg = _config(args)
+    return cfg, load_definitions(cfg)
+
+
+def cmd_features_plan(args: argparse.Namespace) -> int:
+    from backline.features.repository import plan
+
+    cfg, defs = _definitions(args)
+    changes = plan(cfg, defs)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in changes]))
+        return 0
+    colours = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "dim"}
+    table = Table("action", "kind", "name", "version", box=None, padding=(0, 2))
+    for c in changes:
+        version = c.new_version or ""
+        if c.action == "update":
+            version = f"{c.old_version} -> {c.new_version}"
+        table.add_row(f"[{colours[c.action]}]{c.action}[/]", c.kind, c.name, version)
+    out.print(table)
+    pending = sum(c.action != "unchanged" for c in changes)
+    out.print(
+        f"{pending} change(s); `backline features apply` records them."
+        if pending
+        else "Up to date."
+    )
+    return 0
+
+
+def cmd_features_apply(args: argparse.Namespace) -> int:
+    from backline.features.repository import apply
+
+    cfg, defs = _definitions(args)
+    changes = [c for c in apply(cfg, defs) if c.action != "unchanged"]
+    for c in changes:
+        out.print(f"{c.action:<7} {c.kind} {c.name} {c.new_version or ''}")
+    out.print(f"Applied {len(changes)} change(s)." if changes else "Nothing to apply; up to date.")
+    return 0
+
+
+def cmd_features_history(args: argparse.Namespace) -> int:
+    from backline.features.history import write_historical_features
+
+    cfg, defs = _definitions(args)
+    entities = Path(args.entities)
+    if not entities.is_file():
+        raise UsageError(f"--entities {entities} does not exist. Give a .parquet or .csv file.")
+    with _progress(err.is_terminal, f"building {args.service}") as tick:
+        tick("joining", 0.1)
+        rows = write_historical_features(
+            cfg,
+            defs,
+            args.service,
+            entities,
+            Path(args.out),
+            timestamp_column=args.timestamp_column,
+            engine=args.engine,
+        )
+    out.print(f"Wrote {rows:,} rows of {args.service} to {args.out}")
+    return 0
+
+
+def cmd_features_materialize(args: argparse.Namespace) -> int:
+    from backline.core.durations import parse_utc
+    from backline.features.materialize import materialize
+
+    if args.incremental and (args.start or args.end):
+        raise UsageError("use either --incremental or --start/--end, not both.")
+    if not args.incremental and not args.end:
+        raise UsageError(
+            "say what to materialize: --incremental, or --end T (and optionally --start T)."
+        )
+    cfg, defs = _definitions(args)
+    with _progress(err.is_terminal, "materializing") as tick:
+        result = materialize(
+            cfg,
+            defs,
+            start=parse_utc(args.start, what="--start") if args.start else None,
+            end=parse_utc(args.end, what="--end") if args.end else None,
+            incremental=args.incremental,
+            views=args.view or None,
+            progress=tick,
+        )
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), default=str))
+    else:
+        out.print(result)
+    return 0
+
+
+def cmd_features_get(args: argparse.Namespace) -> int:
+    from backline.core.durations import parse_utc
+    from backline.features.online import get_online_features
+
+    cfg, defs = _definitions(args)
+    entity: dict[str, Any] = {}
+    for pair in args.keys:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{pair!r} is not KEY=VALUE; write e.g. card_id=card_0000123.")
+        entity[key] = value
+    request = {}
+    for pair in args.request or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(
+                f"--request {pair!r} is not FIELD=VALUE; write e.g. --request amount=12.5."
+            )
+        try:
+            request[key] = float(value)
+        except ValueError:
+            request[key] = value
+    at = parse_utc(args.at, what="--at") if args.at else None
+    result = get_online_features(cfg, defs, args.service, [entity], request_rows=[request], at=at)
+    rows = result.to_dicts()
+    if args.json:
+        print(json.dumps(rows[0], default=str))
+        return 0
+    table = Table("feature", "value", "status", box=None, padding=(0, 2))
+    for name, value in rows[0].items():
+        status = result.status(0, name) if hasattr(result, "status") else ""
+        table.add_row(name, "NULL" if value is None else str(value), str(status))
+    out.print(table)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from backline.core.config import load_config
     from backline.core.workspace import init_project
@@ -378,6 +508,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-rows", type=_positive(int, "--max-rows"), default=100, help="rows to print (100)"
     )
     p.set_defaults(func=cmd_sql)
+
+    features = sub.add_parser(
+        "features", help="feature store: plan, apply, history, materialize, get"
+    )
+    fsub = features.add_subparsers(dest="features_command", metavar="COMMAND")
+    p = fsub.add_parser("plan", help="show what `apply` would record (new, changed, deleted)")
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    p.set_defaults(func=cmd_features_plan)
+    p = fsub.add_parser("apply", help="check features.py against the sources and record versions")
+    p.set_defaults(func=cmd_features_apply)
+    p = fsub.add_parser("history", help="build a point-in-time training set")
+    p.add_argument(
+        "--entities", required=True, help="a .parquet or .csv of join keys and timestamps"
+    )
+    p.add_argument("--service", required=True, help="feature service name from features.py")
+    p.add_argument("--out", required=True, help="output .parquet file")
+    p.add_argument(
+        "--timestamp-column", default="event_timestamp", help="entity time column (event_timestamp)"
+    )
+    p.add_argument("--engine", choices=("duckdb", "spark"), help="override features.engine")
+    p.set_defaults(func=cmd_features_history)
+    p = fsub.add_parser("materialize", help="write the latest feature values to the online store")
+    p.add_argument("--start", help="first event time to consider (UTC ISO time)")
+    p.add_argument("--end", help="materialize values as of this time (UTC ISO time)")
+    p.add_argument("--incremental", action="store_true", help="apply batches not yet materialized")
+    p.add_argument("--view", action="append", help="only this view (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_features_materialize)
+    p = fsub.add_parser(
+        "get", help="read a service's features for one entity from the online store"
+    )
+    p.add_argument("--service", required=True, help="feature service name")
+    p.add_argument(
+        "keys", nargs="+", metavar="KEY=VALUE", help="join keys, e.g. card_id=card_0000123"
+    )
+    p.add_argument(
+        "--request",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="request field for on-demand features",
+    )
+    p.add_argument("--at", help="read as of this time (default: now)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_features_get)
+    features.set_defaults(func=lambda _a: (features.print_help(), 2)[1])
 
     p = sub.add_parser("doctor", help="check the config and that every store is reachable")
     p.set_defaults(func=cmd_doctor)

@@ -82,6 +82,38 @@ class IngestSection:
 
 
 @dataclass(frozen=True)
+class FeaturesSection:
+    engine: str = "duckdb"
+    """Engine for training sets and materialization: duckdb (embedded) or spark."""
+
+    memory_limit: str = "3GB"
+    """Most memory DuckDB may hold while building a training set; beyond it, it spills to disk."""
+
+    threads: int = 0
+    """Threads for the feature engine; 0 means one per core."""
+
+    spark_master: str = "local[2]"
+    """Spark master URL when engine = "spark"."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("duckdb", "spark"):
+            raise ConfigError(
+                f'backline.toml: features.engine = {self.engine!r}. Use "duckdb" or "spark".'
+            )
+        if self.threads < 0:
+            raise ConfigError(
+                f"backline.toml: features.threads = {self.threads} must be 0 or more."
+            )
+        if not re.fullmatch(
+            r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", self.memory_limit.strip()
+        ):
+            raise ConfigError(
+                f"backline.toml: features.memory_limit = {self.memory_limit!r} must be a size such "
+                "as '3GB' or '512MB'."
+            )
+
+
+@dataclass(frozen=True)
 class ColumnSpec:
     name: str
     """Column name, as it appears in the input header or JSON keys."""
@@ -257,6 +289,7 @@ class Config:
     online: OnlineSection = field(default_factory=OnlineSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
     ingest: IngestSection = field(default_factory=IngestSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
     sources: Mapping[str, SourceSpec] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceSpec:
@@ -293,6 +326,7 @@ _SECTIONS: dict[str, type] = {
     "online": OnlineSection,
     "registry": RegistrySection,
     "ingest": IngestSection,
+    "features": FeaturesSection,
 }
 
 

@@ -116,9 +116,7 @@ class Aggregate:
                 "'amount', window='7d')."
             )
         label = (
-            self.window.strip()
-            if isinstance(self.window, str)
-            else format_duration(self.window)
+            self.window.strip() if isinstance(self.window, str) else format_duration(self.window)
         )
         object.__setattr__(self, "window", _duration(self.window, "aggregate window"))
         if self.name is None:  # named after the window as the user wrote it: 24h stays 24h
@@ -229,7 +227,9 @@ class OnDemandFeature:
     def __post_init__(self) -> None:
         _check_name("on-demand feature", self.name)
         if not self.inputs:
-            raise SchemaError(f"on-demand feature {self.name!r} needs inputs={{arg: 'view:feature'}}.")
+            raise SchemaError(
+                f"on-demand feature {self.name!r} needs inputs={{arg: 'view:feature'}}."
+            )
         for arg, ref in self.inputs.items():
             if not isinstance(ref, str) or ref.count(":") != 1:
                 raise SchemaError(

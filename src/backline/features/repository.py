@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from backline.core.config import Config
 from backline.core.errors import BacklineError, ConfigError, SchemaError, StoreError
@@ -145,7 +144,9 @@ def _catalog(cfg: Config) -> Iterator[sqlite3.Connection]:
 
 def applied_versions(cfg: Config) -> dict[tuple[str, str], str]:
     with _catalog(cfg) as con:
-        rows = con.execute("SELECT kind, name, version FROM feature_current WHERE version IS NOT NULL")
+        rows = con.execute(
+            "SELECT kind, name, version FROM feature_current WHERE version IS NOT NULL"
+        )
         return {(k, n): v for k, n, v in rows}
 
 
@@ -179,7 +180,13 @@ def apply(cfg: Config, defs: Definitions) -> list[Change]:
                 spec = specs[(change.kind, change.name)]
                 con.execute(
                     "INSERT OR IGNORE INTO feature_versions VALUES (?, ?, ?, ?, ?)",
-                    (change.kind, change.name, change.new_version, json.dumps(spec, default=str), now),
+                    (
+                        change.kind,
+                        change.name,
+                        change.new_version,
+                        json.dumps(spec, default=str),
+                        now,
+                    ),
                 )
             if change.action != "unchanged":
                 con.execute(

@@ -1,0 +1,229 @@
+"""Feature views compiled to SQL for point-in-time joins, in DuckDB's and Spark's dialects.
+
+Both engines run the same plan, which is why they give the same training sets:
+
+1. Entity rows (keys, a time T, a row number `__row`) and source events are stacked into one
+   relation per view, ordered by entity key and time in microseconds.
+2. A plain view takes, for each entity row, the last event in that order (events sort before
+   entity rows at the same time, later ingestion after earlier), as one struct so a null value
+   is kept rather than skipped; a value older than the view's TTL becomes null.
+3. An aggregate view evaluates each aggregate over a RANGE frame `(T - window, T]`, written as
+   `window_us - 1 PRECEDING AND CURRENT ROW`; entity rows carry nulls, so they count for
+   nothing.
+
+No ASOF join is used: Spark has none, and one plan for both engines is worth more than the
+small speed-up DuckDB's ASOF would give on plain views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backline.core.config import SourceSpec
+from backline.features.definitions import Aggregate, FeatureView
+
+ROW = "__row"
+TIME = "__t"
+KIND = "__kind"  # 0 = source event, 1 = entity row
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few places where DuckDB and Spark SQL differ."""
+
+    name: str
+
+    def epoch_us(self, expr: str) -> str:
+        return f"epoch_us({expr})" if self.name == "duckdb" else f"unix_micros({expr})"
+
+    def struct(self, fields: dict[str, str]) -> str:
+        if self.name == "duckdb":
+            return "struct_pack(" + ", ".join(f"{k} := {v}" for k, v in fields.items()) + ")"
+        return "named_struct(" + ", ".join(f"'{k}', {v}" for k, v in fields.items()) + ")"
+
+    def field(self, struct: str, name: str) -> str:
+        return (
+            f"struct_extract({struct}, '{name}')" if self.name == "duckdb" else f"{struct}.{name}"
+        )
+
+    def last_non_null(self, expr: str) -> str:
+        return (
+            f"last_value({expr} IGNORE NULLS)" if self.name == "duckdb" else f"last({expr}, true)"
+        )
+
+    def count_distinct(self, expr: str) -> str:
+        return f"count(DISTINCT {expr})" if self.name == "duckdb" else f"size(collect_set({expr}))"
+
+    def quote(self, name: str) -> str:
+        return f'"{name}"' if self.name == "duckdb" else f"`{name}`"
+
+    def sql_type(self, kind: str) -> str:
+        if kind == "timestamp":
+            return "TIMESTAMPTZ" if self.name == "duckdb" else "TIMESTAMP"
+        return _SQL_TYPES[kind]
+
+
+DUCKDB = Dialect("duckdb")
+SPARK = Dialect("spark")
+
+_SQL_TYPES = {
+    "string": "STRING",
+    "int64": "BIGINT",
+    "float64": "DOUBLE",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+    "date": "DATE",
+}
+
+
+def view_sql(
+    dialect: Dialect,
+    view: FeatureView,
+    features: tuple[str, ...],
+    source: SourceSpec,
+    *,
+    entities: str,
+    events: str,
+    event_bounds: tuple[int, int],
+) -> str:
+    """SELECT `__row` and the chosen features of `view` for every row of `entities`.
+
+    `entities` names a relation with the join keys, `__row` and `__t` (µs); `events` names the
+    view's source relation. Only events with time in `event_bounds` (µs, inclusive) are read.
+    """
+    q = dialect.quote
+    keys = view.join_keys
+    t = dialect.epoch_us(q(source.event_time))
+    low, high = event_bounds
+    key_cols = ", ".join(q(k) for k in keys)
+    if view.is_aggregate:
+        return _aggregate_sql(
+            dialect, view, features, source, entities, events, t, low, high, key_cols
+        )
+    return _plain_sql(dialect, view, features, source, entities, events, t, low, high, key_cols)
+
+
+def _aggregate_sql(
+    dialect: Dialect,
+    view: FeatureView,
+    features: tuple[str, ...],
+    source: SourceSpec,
+    entities: str,
+    events: str,
+    t: str,
+    low: int,
+    high: int,
+    key_cols: str,
+) -> str:
+    q = dialect.quote
+    chosen = [a for a in view.aggregates if a.feature in features]
+    columns = sorted({a.column for a in chosen if a.column is not None})
+    types = {c.name: c.type for c in source.columns}
+
+    def value_type(col: str) -> str:
+        return dialect.sql_type(types[col])
+
+    entity_values = ", ".join(f"CAST(NULL AS {value_type(c)}) AS {q('v_' + c)}" for c in columns)
+    event_values = ", ".join(f"{q(c)} AS {q('v_' + c)}" for c in columns)
+    sep_e = ", " if entity_values else ""
+    sep_v = ", " if event_values else ""
+    stacked = (
+        f"SELECT {key_cols}, {TIME}, 1 AS {KIND}, {ROW}{sep_e}{entity_values} FROM {entities} "
+        f"UNION ALL "
+        f"SELECT {key_cols}, {t} AS {TIME}, 0 AS {KIND}, CAST(NULL AS BIGINT) AS {ROW}"
+        f"{sep_v}{event_values} FROM {events} WHERE {t} BETWEEN {low} AND {high}"
+    )
+    partition = f"PARTITION BY {key_cols} ORDER BY {TIME}"
+    selects = []
+    for agg in chosen:
+        frame = (
+            f"OVER ({partition} RANGE BETWEEN "
+            f"{int(agg.window_delta.total_seconds() * 1_000_000) - 1} PRECEDING AND CURRENT ROW)"
+        )
+        selects.append(f"{_aggregate(dialect, agg)} {frame} AS {q(agg.feature)}")
+    return (
+        f"SELECT {ROW}, {', '.join(selects)} FROM ({stacked}) __s_{view.name} QUALIFY {KIND} = 1"
+        if dialect.name == "duckdb"
+        else f"SELECT {ROW}, {', '.join(q(a.feature) for a in chosen)} FROM ("
+        f"SELECT {KIND}, {ROW}, {', '.join(selects)} FROM ({stacked}) __s_{view.name}"
+        f") __w_{view.name} WHERE {KIND} = 1"
+    )
+
+
+def _aggregate(dialect: Dialect, agg: Aggregate) -> str:
+    q = dialect.quote
+    if agg.column is None:
+        return f"count(CASE WHEN {KIND} = 0 THEN 1 END)"
+    v = q("v_" + agg.column)
+    as_double = f"CAST({v} AS DOUBLE)"
+    return {
+        "count": f"count({v})",
+        "sum": f"sum({as_double})",
+        "mean": f"avg({as_double})",
+        "min": f"min({as_double})",
+        "max": f"max({as_double})",
+        "stddev": f"stddev_samp({as_double})",
+        "count_distinct": dialect.count_distinct(v),
+    }[agg.function]
+
+
+def _plain_sql(
+    dialect: Dialect,
+    view: FeatureView,
+    features: tuple[str, ...],
+    source: SourceSpec,
+    entities: str,
+    events: str,
+    t: str,
+    low: int,
+    high: int,
+    key_cols: str,
+) -> str:
+    q = dialect.quote
+    chosen = [f for f in view.fields if f.feature in features]
+    types = {c.name: c.type for c in source.columns}
+    packed = {"t": TIME, **{f"f{i}": q("v_" + f.feature) for i, f in enumerate(chosen)}}
+    entity_values = ", ".join(
+        f"CAST(NULL AS {dialect.sql_type(types[f.column])}) AS {q('v_' + f.feature)}"
+        for f in chosen
+    )
+    event_values = ", ".join(f"{q(f.column)} AS {q('v_' + f.feature)}" for f in chosen)
+    ingested = dialect.epoch_us("ingested_at")
+    stacked = (
+        f"SELECT {key_cols}, {TIME}, 1 AS {KIND}, {ROW}, CAST(NULL AS BIGINT) AS __ing, "
+        + ", ".join(
+            f"CAST(NULL AS STRING) AS {q('__pk' + str(i))}" for i in range(len(source.primary_key))
+        )
+        + f", {entity_values} FROM {entities} UNION ALL "
+        f"SELECT {key_cols}, {t} AS {TIME}, 0 AS {KIND}, CAST(NULL AS BIGINT) AS {ROW}, "
+        f"{ingested} AS __ing, "
+        + ", ".join(
+            f"CAST({q(k)} AS STRING) AS {q('__pk' + str(i))}"
+            for i, k in enumerate(source.primary_key)
+        )
+        + f", {event_values} FROM {events} WHERE {t} BETWEEN {low} AND {high}"
+    )
+    order = ", ".join(
+        [TIME, KIND, "__ing", *(q("__pk" + str(i)) for i in range(len(source.primary_key)))]
+    )
+    latest = (
+        f"{dialect.last_non_null(f'CASE WHEN {KIND} = 0 THEN {dialect.struct(packed)} END')} "
+        f"OVER (PARTITION BY {key_cols} ORDER BY {order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    )
+    ttl_us = int(view.ttl_delta.total_seconds() * 1_000_000)
+    fresh = f"{dialect.field('__last', 't')} >= {TIME} - {ttl_us}"
+    outputs = ", ".join(
+        f"CASE WHEN {fresh} THEN {dialect.field('__last', f'f{i}')} END AS {q(f.feature)}"
+        for i, f in enumerate(chosen)
+    )
+    return (
+        f"SELECT {ROW}, {outputs} FROM ("
+        f"SELECT {KIND}, {ROW}, {TIME}, {latest} AS __last FROM ({stacked}) __s_{view.name}"
+        f") __w_{view.name} WHERE {KIND} = 1"
+    )
+
+
+def event_bounds(view: FeatureView, t_min: int, t_max: int) -> tuple[int, int]:
+    """The event times (µs, inclusive) that can affect entity rows with times in [t_min, t_max]."""
+    reach = view.max_window if view.is_aggregate else view.ttl_delta
+    return t_min - int(reach.total_seconds() * 1_000_000), t_max

@@ -1,0 +1,374 @@
+"""Point-in-time training sets: checked against a brute-force reference, edges and ties included."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backline.core.config import Config, load_config
+from backline.core.errors import ConfigError, NotFoundError, SchemaError
+from backline.core.workspace import init_project
+from backline.data.ingest import ingest
+from backline.features.history import get_historical_features, write_historical_features
+from backline.features.repository import apply, load_definitions, plan
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+FEATURES = """
+from backline.features import Aggregate, Entity, FeatureService, FeatureView, Field, OnDemandFeature
+
+card = Entity("card", join_keys=["card_id"])
+agg = FeatureView("agg", entities=[card], source="transactions", aggregates=[
+    Aggregate("count", window="10m"),
+    Aggregate("sum", "amount", window="1h"),
+    Aggregate("mean", "amount", window="1h"),
+    Aggregate("min", "amount", window="1h"),
+    Aggregate("max", "amount", window="1h"),
+    Aggregate("stddev", "amount", window="1h"),
+    Aggregate("count_distinct", "country", window="1h"),
+    Aggregate("count", "device_id", window="1h", name="devices_seen_1h"),
+])
+last = FeatureView("last", entities=[card], source="transactions",
+                   fields=[Field("amount", name="last_amount"), Field("device_id", name="last_device")],
+                   ttl="30m")
+ratio = OnDemandFeature("ratio", inputs={"a": "request:amount", "m": "agg:amount_mean_1h"},
+                        function=lambda a, m: a / m)
+svc = FeatureService("svc", [agg, last, ratio])
+"""
+
+
+def make_project(root: Path, features: str = FEATURES) -> Config:
+    project = init_project(root)
+    (project / "features.py").write_text(features)
+    cfg = load_config(project, env={})
+    apply(cfg, load_definitions(cfg))
+    return cfg
+
+
+def events_table(events: list[dict]) -> pa.Table:
+    n = len(events)
+    return pa.table(
+        {
+            "transaction_id": [f"tx_{e['id']:016x}" for e in events],
+            "card_id": [e["card"] for e in events],
+            "merchant_id": ["m_000001"] * n,
+            "merchant_category": ["grocery"] * n,
+            "amount": [e["amount"] for e in events],
+            "currency": ["USD"] * n,
+            "country": [e["country"] for e in events],
+            "channel": ["pos"] * n,
+            "device_id": [e["device"] for e in events],
+            "event_time": pa.array([e["t"] for e in events], pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def load_events(cfg: Config, events: list[dict], name: str = "events") -> None:
+    path = cfg.root / "data" / f"{name}.parquet"
+    pq.write_table(events_table(events), path)
+    result = ingest(cfg, "transactions", path)
+    assert result.rows_quarantined == 0, result.quarantine_reasons
+
+
+def entity_table(rows: list[tuple[str, datetime, float]]) -> pa.Table:
+    return pa.table(
+        {
+            "card_id": [r[0] for r in rows],
+            "event_timestamp": pa.array([r[1] for r in rows], pa.timestamp("us", tz="UTC")),
+            "amount": [r[2] for r in rows],
+        }
+    )
+
+
+def reference(events: list[dict], card: str, t: datetime, amount: float) -> dict[str, object]:
+    """The documented semantics, computed the slow obvious way."""
+    mine = [e for e in events if e["card"] == card]
+
+    def within(w: timedelta) -> list[dict]:
+        return [e for e in mine if t - w < e["t"] <= t]
+
+    hour = within(timedelta(hours=1))
+    amounts = [e["amount"] for e in hour]
+    out: dict[str, object] = {
+        "count_10m": len(within(timedelta(minutes=10))),
+        "amount_sum_1h": sum(amounts) if amounts else None,
+        "amount_mean_1h": statistics.fmean(amounts) if amounts else None,
+        "amount_min_1h": min(amounts) if amounts else None,
+        "amount_max_1h": max(amounts) if amounts else None,
+        "amount_stddev_1h": statistics.stdev(amounts) if len(amounts) > 1 else None,
+        "country_count_distinct_1h": len({e["country"] for e in hour}),
+        "devices_seen_1h": sum(e["device"] is not None for e in hour),
+    }
+    seen = [e for e in mine if e["t"] <= t]
+    latest = max(seen, key=lambda e: (e["t"], f"tx_{e['id']:016x}")) if seen else None
+    fresh = latest is not None and latest["t"] >= t - timedelta(minutes=30)
+    out["last_amount"] = latest["amount"] if fresh else None
+    out["last_device"] = latest["device"] if fresh else None
+    mean = out["amount_mean_1h"]
+    out["ratio"] = amount / mean if isinstance(mean, float) and mean != 0 else None
+    return out
+
+
+def assert_rows_match(
+    table: pa.Table, events: list[dict], rows: list[tuple[str, datetime, float]]
+) -> None:
+    got = table.to_pylist()
+    assert len(got) == len(rows)
+    for row, (card, t, amount) in zip(got, rows, strict=True):
+        assert (row["card_id"], row["event_timestamp"], row["amount"]) == (card, t, amount), (
+            "input order"
+        )
+        want = reference(events, card, t, amount)
+        for name, value in want.items():
+            actual = row[name]
+            if isinstance(value, float) and actual is not None:
+                assert math.isclose(actual, value, rel_tol=1e-9, abs_tol=1e-9), (
+                    name,
+                    card,
+                    t,
+                    actual,
+                    value,
+                )
+            else:
+                assert actual == value, (name, card, t, actual, value)
+
+
+def test_window_edges_ties_and_ttl(tmp_path: Path) -> None:
+    cfg = make_project(tmp_path / "p")
+    m = timedelta(minutes=1)
+    events = [
+        {"id": 1, "card": "card_0000001", "t": T0, "amount": 10.0, "country": "US", "device": "d1"},
+        {
+            "id": 2,
+            "card": "card_0000001",
+            "t": T0 + 10 * m,
+            "amount": 20.0,
+            "country": "FR",
+            "device": None,
+        },
+        {
+            "id": 3,
+            "card": "card_0000001",
+            "t": T0 + 10 * m,
+            "amount": 30.0,
+            "country": "FR",
+            "device": "d2",
+        },
+        {
+            "id": 4,
+            "card": "card_0000002",
+            "t": T0 + 5 * m,
+            "amount": 7.0,
+            "country": "GB",
+            "device": "d3",
+        },
+    ]
+    load_events(cfg, events)
+    defs = load_definitions(cfg)
+    rows = [
+        ("card_0000001", T0 - m, 5.0),  # before any event
+        ("card_0000001", T0, 5.0),  # exactly at an event: it counts
+        (
+            "card_0000001",
+            T0 + 10 * m,
+            60.0,
+        ),  # tie of two events at T; T0 is exactly T - 10m: out of count_10m
+        ("card_0000001", T0 + 60 * m, 1.0),  # T0 is exactly T - 1h: out of the hour
+        (
+            "card_0000001",
+            T0 + 40 * m + timedelta(microseconds=1),
+            1.0,
+        ),  # latest is 30m + 1µs old: expired
+        ("card_0000002", T0 + 35 * m, 14.0),  # exactly at the TTL edge: still fresh
+        ("card_0000009", T0, 1.0),  # unknown card
+    ]
+    table = get_historical_features(cfg, defs, "svc", entity_table(rows))
+    assert_rows_match(table, events, rows)
+    by_time = table.to_pylist()
+    assert by_time[2]["count_10m"] == 2 and by_time[2]["last_amount"] == 30.0  # tie: larger id
+    assert by_time[3]["amount_sum_1h"] == 50.0
+    assert by_time[4]["last_amount"] is None and by_time[5]["last_amount"] == 7.0
+    assert by_time[6]["count_10m"] == 0 and by_time[6]["amount_mean_1h"] is None
+
+
+minutes = st.integers(0, 150)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[dict], list[tuple[str, datetime, float]]]:
+    cards = ["card_0000001", "card_0000002", "card_0000003"]
+    events = [
+        {
+            "id": i + 1,
+            "card": draw(st.sampled_from(cards)),
+            "t": T0 + timedelta(minutes=draw(minutes)),
+            "amount": draw(st.floats(0.5, 5000, allow_nan=False).map(lambda x: round(x, 2))),
+            "country": draw(st.sampled_from(["US", "FR", "DE"])),
+            "device": draw(st.sampled_from(["d1", "d2", None])),
+        }
+        for i in range(draw(st.integers(1, 40)))
+    ]
+    rows = [
+        (
+            draw(st.sampled_from([*cards, "card_0000004"])),
+            T0 + timedelta(minutes=draw(minutes)),
+            100.0,
+        )
+        for _ in range(draw(st.integers(1, 25)))
+    ]
+    return events, rows
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_training_sets_equal_a_brute_force_reference(scenario: tuple) -> None:
+    events, rows = scenario
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = make_project(Path(tmp) / "p")
+        load_events(cfg, events)
+        table = get_historical_features(cfg, load_definitions(cfg), "svc", entity_table(rows))
+        assert_rows_match(table, events, rows)
+
+
+def test_later_events_never_leak_into_earlier_rows(tmp_path: Path) -> None:
+    cfg = make_project(tmp_path / "p")
+    base = [
+        {
+            "id": i,
+            "card": "card_0000001",
+            "t": T0 + timedelta(minutes=i),
+            "amount": float(i),
+            "country": "US",
+            "device": "d1",
+        }
+        for i in range(1, 30)
+    ]
+    load_events(cfg, base, "a")
+    defs = load_definitions(cfg)
+    rows = [("card_0000001", T0 + timedelta(minutes=k), 1.0) for k in (5, 15, 29)]
+    before = get_historical_features(cfg, defs, "svc", entity_table(rows))
+    future = [
+        {
+            "id": 100 + i,
+            "card": "card_0000001",
+            "t": T0 + timedelta(minutes=30 + i),
+            "amount": 999.0,
+            "country": "DE",
+            "device": "d9",
+        }
+        for i in range(10)
+    ]
+    load_events(cfg, future, "b")
+    after = get_historical_features(cfg, defs, "svc", entity_table(rows))
+    assert before.equals(after)
+
+
+def test_file_to_file_streams_in_input_order(tmp_path: Path) -> None:
+    cfg = make_project(tmp_path / "p")
+    events = [
+        {
+            "id": i,
+            "card": f"card_{i % 5:07d}",
+            "t": T0 + timedelta(seconds=37 * i),
+            "amount": 1.0 + i,
+            "country": "US",
+            "device": "d",
+        }
+        for i in range(1, 400)
+    ]
+    load_events(cfg, events)
+    rows = [
+        (f"card_{(i * 7) % 6:07d}", T0 + timedelta(seconds=(i * 911) % 15000), float(i))
+        for i in range(3000)
+    ]
+    src = tmp_path / "entities.parquet"
+    pq.write_table(entity_table(rows), src)
+    out = tmp_path / "train.parquet"
+    n = write_historical_features(cfg, load_definitions(cfg), "svc", src, out)
+    assert n == 3000
+    table = pq.read_table(out)
+    assert table.column("amount").to_pylist() == [float(i) for i in range(3000)]
+    assert_rows_match(table.slice(0, 200), events, rows[:200])
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    cfg = make_project(tmp_path / "p")
+    defs = load_definitions(cfg)
+    good = entity_table([("card_0000001", T0, 1.0)])
+    with pytest.raises(NotFoundError, match=r"unknown feature service 'sv'\. Did you mean 'svc'\?"):
+        get_historical_features(cfg, defs, "sv", good)
+    with pytest.raises(SchemaError, match=r"entities lack join key 'card_id'"):
+        get_historical_features(cfg, defs, "svc", good.drop_columns(["card_id"]))
+    with pytest.raises(SchemaError, match=r"lack request field 'amount'"):
+        get_historical_features(cfg, defs, "svc", good.drop_columns(["amount"]))
+    naive = good.set_column(
+        1, "event_timestamp", pa.array([datetime(2026, 3, 1)], pa.timestamp("us"))
+    )
+    with pytest.raises(SchemaError, match="not a timestamp with a timezone"):
+        get_historical_features(cfg, defs, "svc", naive)
+    with pytest.raises(SchemaError, match="no timestamp column 'ts'"):
+        get_historical_features(cfg, defs, "svc", good, timestamp_column="ts")
+
+
+def test_edited_definitions_must_be_applied_and_make_a_new_version(tmp_path: Path) -> None:
+    cfg = make_project(tmp_path / "p")
+    path = cfg.root / "features.py"
+    path.write_text(FEATURES.replace('ttl="30m"', 'ttl="45m"'))
+    defs = load_definitions(cfg)
+    changes = {(c.kind, c.name): c.action for c in plan(cfg, defs)}
+    assert changes[("feature_view", "last")] == "update"
+    assert changes[("feature_view", "agg")] == "unchanged"
+    with pytest.raises(SchemaError, match=r"feature view 'last' .* is not applied"):
+        get_historical_features(cfg, defs, "svc", entity_table([("card_0000001", T0, 1.0)]))
+    apply(cfg, defs)
+    assert {c.action for c in plan(cfg, defs)} == {"unchanged"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'Aggregate("sum", "amount", window="1h")',
+            'Aggregate("sum", "country", window="1h")',
+            r"sum\(country\) needs a numeric column, but 'country' is string",
+        ),
+        (
+            'Field("amount", name="last_amount")',
+            'Field("amt", name="last_amount")',
+            r"field 'amt' is not a column of source 'transactions'",
+        ),
+        ('join_keys=["card_id"]', 'join_keys=["card"]', r"join key 'card' is not a column"),
+        (
+            'source="transactions", aggregates',
+            'source="payments", aggregates',
+            r"reads source 'payments', which backline.toml does not declare",
+        ),
+        (
+            'Field("device_id", name="last_device")',
+            'Field("device_id", name="count_10m")',
+            r"feature 'count_10m' is defined by both view 'agg' and view 'last'",
+        ),
+        ('window="10m"', 'window="soon"', r"window 'soon' is not a duration"),
+        ('"agg:amount_mean_1h"', '"agg:nope"', r"reads agg:nope, which no view defines"),
+        (
+            "svc = FeatureService",
+            "1/0\nsvc = FeatureService",
+            r"failed to load \(line \d+\): ZeroDivisionError",
+        ),
+    ],
+)
+def test_bad_definitions_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    project = init_project(tmp_path / "p")
+    assert old in FEATURES
+    (project / "features.py").write_text(FEATURES.replace(old, new, 1))
+    cfg = load_config(project, env={})
+    with pytest.raises((SchemaError, ConfigError), match=message):
+        load_definitions(cfg)
