@@ -552,7 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="read as of this time (default: now)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_features_get)
-    features.set_defaults(func=lambda _a: (features.print_help(), 2)[1])
+
+    def features_help(_args: argparse.Namespace) -> int:
+        features.print_help()
+        return 2
+
+    features.set_defaults(func=features_help)
 
     p = sub.add_parser("doctor", help="check the config and that every store is reachable")
     p.set_defaults(func=cmd_doctor)

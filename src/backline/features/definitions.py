@@ -361,8 +361,8 @@ def collect(objects: Iterable[object]) -> Definitions:
                 f"{owners[odf.name]!r}. Rename one."
             )
         for view_name, feature in odf.stored_inputs:
-            view = views.get(view_name)
-            if view is None or feature not in view.feature_names:
+            target = views.get(view_name)
+            if target is None or feature not in target.feature_names:
                 raise SchemaError(
                     f"on-demand feature {odf.name!r} reads {view_name}:{feature}, which no view "
                     "defines. Check the view and feature names."
@@ -371,8 +371,8 @@ def collect(objects: Iterable[object]) -> Definitions:
         for item in service.features:
             if isinstance(item, str):
                 view_name, _, feature = item.partition(":")
-                view = views.get(view_name)
-                if view is None or feature not in view.feature_names:
+                picked = views.get(view_name)
+                if picked is None or feature not in picked.feature_names:
                     raise SchemaError(
                         f"feature service {service.name!r} lists {item!r}, which no view defines. "
                         "Write 'view:feature' with names from features.py."

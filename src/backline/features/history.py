@@ -99,7 +99,8 @@ def _run(
         if n == 0:
             return
         q = engine.dialect.quote
-        joins, outputs = [], []
+        joins: list[str] = []
+        outputs: list[str] = []
         for i, (view_name, features) in enumerate(plan.views):
             view = defs.view(view_name)
             spec = cfg.source(view.source)
