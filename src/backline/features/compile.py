@@ -51,8 +51,11 @@ class Dialect:
             f"last_value({expr} IGNORE NULLS)" if self.name == "duckdb" else f"last({expr}, true)"
         )
 
-    def count_distinct(self, expr: str) -> str:
-        return f"count(DISTINCT {expr})" if self.name == "duckdb" else f"size(collect_set({expr}))"
+    def count_distinct(self, expr: str, over: str) -> str:
+        # Spark has no DISTINCT window aggregate; the window must wrap collect_set, not size()
+        if self.name == "duckdb":
+            return f"count(DISTINCT {expr}) {over}"
+        return f"CAST(size(collect_set({expr}) {over}) AS BIGINT)"
 
     def quote(self, name: str) -> str:
         return f'"{name}"' if self.name == "duckdb" else f"`{name}`"
@@ -140,7 +143,7 @@ def _aggregate_sql(
             f"OVER ({partition} RANGE BETWEEN "
             f"{int(agg.window_delta.total_seconds() * 1_000_000) - 1} PRECEDING AND CURRENT ROW)"
         )
-        selects.append(f"{_aggregate(dialect, agg)} {frame} AS {q(agg.feature)}")
+        selects.append(f"{_aggregate(dialect, agg, frame)} AS {q(agg.feature)}")
     return (
         f"SELECT {ROW}, {', '.join(selects)} FROM ({stacked}) __s_{view.name} QUALIFY {KIND} = 1"
         if dialect.name == "duckdb"
@@ -150,21 +153,23 @@ def _aggregate_sql(
     )
 
 
-def _aggregate(dialect: Dialect, agg: Aggregate) -> str:
+def _aggregate(dialect: Dialect, agg: Aggregate, over: str) -> str:
     q = dialect.quote
     if agg.column is None:
-        return f"count(CASE WHEN {KIND} = 0 THEN 1 END)"
+        return f"count(CASE WHEN {KIND} = 0 THEN 1 END) {over}"
     v = q("v_" + agg.column)
+    if agg.function == "count_distinct":
+        return dialect.count_distinct(v, over)
     as_double = f"CAST({v} AS DOUBLE)"
-    return {
+    windowed = {
         "count": f"count({v})",
         "sum": f"sum({as_double})",
         "mean": f"avg({as_double})",
         "min": f"min({as_double})",
         "max": f"max({as_double})",
         "stddev": f"stddev_samp({as_double})",
-        "count_distinct": dialect.count_distinct(v),
     }[agg.function]
+    return f"{windowed} {over}"
 
 
 def _plain_sql(

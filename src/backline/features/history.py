@@ -17,15 +17,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from backline.core.config import Config
+from backline.core.config import Config, SourceSpec
 from backline.core.errors import SchemaError
 from backline.data.offline_store import OfflineStore
 from backline.features.compile import ROW, TIME, event_bounds, view_sql
-from backline.features.definitions import Definitions
-from backline.features.engines import open_engine
+from backline.features.definitions import Definitions, FeatureView
+from backline.features.engines import Engine, StagingEngine, open_engine
 from backline.features.repository import ServicePlan, require_applied, resolve_service
 
 DEFAULT_TIMESTAMP = "event_timestamp"
+# (view, features, source spec, event bounds in µs, events relation)
+_ViewJob = tuple[FeatureView, tuple[str, ...], SourceSpec, tuple[int, int], str]
 
 
 def get_historical_features(
@@ -98,35 +100,108 @@ def _run(
         _check_entity_columns(defs, plan, columns)
         if n == 0:
             return
-        q = engine.dialect.quote
-        joins: list[str] = []
-        outputs: list[str] = []
-        for i, (view_name, features) in enumerate(plan.views):
+        views = []
+        for view_name, features in plan.views:
             view = defs.view(view_name)
             spec = cfg.source(view.source)
             bounds = event_bounds(view, t_min, t_max)
             events = engine.source(spec, store.files("data", spec.name), bounds)
+            views.append((view, features, spec, bounds, events))
+        if isinstance(engine, StagingEngine) and engine.needs_staging(n, [v[4] for v in views]):
+            batches = _staged(engine, views, relation, n)
+        else:
+            batches = _one_query(engine, views, relation, columns, ordered)
+        for batch in batches:
+            yield _finish(batch, defs, plan, columns)
+    finally:
+        engine.close()
+
+
+def _one_query(
+    engine: Engine, views: list[_ViewJob], relation: str, columns: list[str], ordered: bool
+) -> Iterator[pa.RecordBatch]:
+    """Every view joined to the entity rows in one query (engines that spill on their own)."""
+    q = engine.dialect.quote
+    joins: list[str] = []
+    outputs: list[str] = []
+    for i, (view, features, spec, bounds, events) in enumerate(views):
+        sql = view_sql(
+            engine.dialect,
+            view,
+            features,
+            spec,
+            entities=relation,
+            events=events,
+            event_bounds=bounds,
+        )
+        joins.append(f"LEFT JOIN ({sql}) __v{i} ON __e.{ROW} = __v{i}.{ROW}")
+        outputs.extend(f"__v{i}.{q(f)}" for f in features)
+    inputs = ", ".join(f"__e.{q(c)}" for c in columns)
+    query = (
+        f"SELECT {inputs}, __e.{ROW}, {', '.join(outputs)} FROM {relation} __e "
+        + " ".join(joins)
+        + (f" ORDER BY __e.{ROW}" if ordered else "")
+    )
+    yield from engine.execute(query)
+
+
+def _staged(
+    engine: StagingEngine, views: list[_ViewJob], relation: str, n: int
+) -> Iterator[pa.RecordBatch]:
+    """Bounded memory: each view in key buckets, staged to Parquet sorted by row, then zipped.
+
+    A window needs all of one key's rows at once, so rows are split by a hash of the view's
+    join keys: every bucket is complete for its keys. Each view's staged result has exactly
+    one row per entity row, sorted by `__row`, so the final step only zips the streams.
+    """
+    staged: list[Path] = []
+    for i, (view, features, spec, bounds, events) in enumerate(views):
+        buckets = engine.bucket_count(n + engine.count_rows(events, spec, bounds))
+        parts = []
+        for b in range(buckets):
+            where = engine.bucket_filter(view.join_keys, b, buckets)
             sql = view_sql(
                 engine.dialect,
                 view,
                 features,
                 spec,
-                entities=relation,
-                events=events,
+                entities=f"(SELECT * FROM {relation}{where})",
+                events=f"(SELECT * FROM {events}{where})",
                 event_bounds=bounds,
             )
-            joins.append(f"LEFT JOIN ({sql}) __v{i} ON __e.{ROW} = __v{i}.{ROW}")
-            outputs.extend(f"__v{i}.{q(f)}" for f in features)
-        inputs = ", ".join(f"__e.{q(c)}" for c in columns)
-        query = (
-            f"SELECT {inputs}, __e.{ROW}, {', '.join(outputs)} FROM {relation} __e "
-            + " ".join(joins)
-            + (f" ORDER BY __e.{ROW}" if ordered else "")
-        )
-        for batch in engine.execute(query):
-            yield _finish(batch, defs, plan, columns)
-    finally:
-        engine.close()
+            parts.append(engine.stage(sql, f"view{i}_part{b}"))
+        staged.append(engine.stage_sorted(parts, f"view{i}", ROW))
+    streams = [_BatchStream(engine.stream(path)) for path in staged]
+    for batch in engine.stream_entities():
+        arrays = {name: batch.column(name) for name in batch.schema.names}
+        for stream in streams:
+            part = stream.take(batch.num_rows)
+            if not part.column(ROW).equals(batch.column(ROW)):
+                raise AssertionError("staged feature rows are out of step with the entity rows")
+            for name in part.schema.names:
+                if name != ROW:
+                    arrays[name] = part.column(name)
+        yield pa.RecordBatch.from_arrays(list(arrays.values()), names=list(arrays))
+
+
+class _BatchStream:
+    """Re-chunks an iterator of record batches into pieces of requested sizes."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._pending: list[pa.RecordBatch] = []
+        self._available = 0
+
+    def take(self, rows: int) -> pa.RecordBatch:
+        while self._available < rows:
+            nxt = next(self._batches)
+            self._pending.append(nxt)
+            self._available += nxt.num_rows
+        table = pa.Table.from_batches(self._pending)
+        rest = table.slice(rows)
+        self._pending = rest.to_batches()
+        self._available = rest.num_rows
+        return table.slice(0, rows).combine_chunks().to_batches()[0]
 
 
 def _finish(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -33,6 +33,27 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class StagingEngine(Engine, Protocol):
+    """An engine that bounds memory by staging per-bucket results on disk (DuckDB)."""
+
+    def needs_staging(self, entity_rows: int, events: list[str]) -> bool: ...
+
+    def count_rows(self, events: str, spec: SourceSpec, bounds: tuple[int, int]) -> int: ...
+
+    def bucket_count(self, rows: int) -> int: ...
+
+    def bucket_filter(self, keys: tuple[str, ...], bucket: int, buckets: int) -> str: ...
+
+    def stage(self, sql: str, name: str) -> Path: ...
+
+    def stage_sorted(self, parts: list[Path], name: str, order_by: str) -> Path: ...
+
+    def stream(self, path: Path) -> Any: ...
+
+    def stream_entities(self) -> Iterator[pa.RecordBatch]: ...
 
 
 def open_engine(cfg: Config, name: str | None = None) -> Engine:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import SchemaError, UsageError
 from backline.features.compile import DUCKDB, ROW, TIME
 
 _TIME_TYPES = ("TIMESTAMP WITH TIME ZONE",)
+# Rows (entity rows + events) per bucket of a view: about 1 GB of DuckDB memory at peak.
+ROWS_PER_BUCKET = 3_000_000
 
 
 class DuckDBEngine:
@@ -29,11 +34,12 @@ class DuckDBEngine:
         self.con.execute(f"SET temp_directory = '{spill}'")
         self.con.execute("SET preserve_insertion_order = false")
         self._n = 0
+        self._scratch_dir = tempfile.TemporaryDirectory(prefix="history-", dir=spill)
+        self.scratch = Path(self._scratch_dir.name)
+        self._entity_input: pa.Table | Path | None = None
 
     def entities(self, rows: pa.Table | Path, timestamp_column: str) -> tuple[str, int, int, int]:
         if isinstance(rows, pa.Table):
-            import numpy as np
-
             table = rows.append_column(ROW, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
             self.con.register("__entity_input", table)
             base = "SELECT * FROM __entity_input"
@@ -46,7 +52,18 @@ class DuckDBEngine:
                     f"FROM read_parquet('{path}', file_row_number = true)"
                 )
             elif suffix == ".csv":
-                base = f"SELECT *, row_number() OVER () - 1 AS {ROW} FROM read_csv('{path}')"
+                # one ordered pass to Parquet, so rows keep their file order from here on
+                converted = self.scratch / "entities.parquet"
+                self.con.execute("SET preserve_insertion_order = true")
+                self.con.execute(
+                    f"COPY (SELECT * FROM read_csv('{path}')) TO '{converted}' (FORMAT parquet)"
+                )
+                self.con.execute("SET preserve_insertion_order = false")
+                rows = converted
+                base = (
+                    f"SELECT * EXCLUDE (file_row_number), file_row_number AS {ROW} "
+                    f"FROM read_parquet('{converted}', file_row_number = true)"
+                )
             else:
                 raise UsageError(
                     f"entities file {rows} must be .parquet or .csv (with join keys and a "
@@ -69,15 +86,18 @@ class DuckDBEngine:
         self.con.execute(
             f"CREATE OR REPLACE TEMP VIEW __entities AS SELECT *, epoch_us({ts}) AS {TIME} FROM ({base})"
         )
-        row = self.con.execute(
-            f"SELECT count(*), min({TIME}), max({TIME}), count(*) - count({TIME}) FROM __entities"
-        ).fetchone()
+        row = _first(
+            self.con.execute(
+                f"SELECT count(*), min({TIME}), max({TIME}), count(*) - count({TIME}) FROM __entities"
+            ).fetchall()
+        )
         assert row is not None
         if row[3]:
             raise SchemaError(
                 f"{row[3]} entity rows have no {timestamp_column!r}; every row needs a time."
             )
         self.columns = [c for c in types if c != ROW]
+        self._entity_input = rows
         return "__entities", int(row[0]), int(row[1] or 0), int(row[2] or 0)
 
     def source(self, spec: SourceSpec, files: list[Path], bounds: tuple[int, int]) -> str:
@@ -107,8 +127,77 @@ class DuckDBEngine:
         reader = reader_of(batch_rows)
         yield from reader
 
+    # -- staging: bounded memory for any number of entity rows -----------------------------
+
+    def needs_staging(self, entity_rows: int, events: list[str]) -> bool:
+        """Small jobs run as one query; large ones in buckets staged on disk."""
+        if entity_rows > ROWS_PER_BUCKET:
+            return True
+        for relation in events:
+            row = _first(self.con.execute(f"SELECT count(*) FROM {relation}").fetchall())
+            if row and entity_rows + int(row[0]) > ROWS_PER_BUCKET:
+                return True
+        return False
+
+    def count_rows(self, events: str, spec: SourceSpec, bounds: tuple[int, int]) -> int:
+        low, high = bounds
+        t = f'epoch_us("{spec.event_time}")'
+        row = _first(
+            self.con.execute(
+                f"SELECT count(*) FROM {events} WHERE {t} BETWEEN {low} AND {high}"
+            ).fetchall()
+        )
+        return int(row[0]) if row else 0
+
+    def bucket_count(self, rows: int) -> int:
+        return max(1, -(-rows // ROWS_PER_BUCKET))
+
+    def bucket_filter(self, keys: tuple[str, ...], bucket: int, buckets: int) -> str:
+        if buckets == 1:
+            return ""
+        hashed = "hash(" + ", ".join(f'"{k}"' for k in keys) + ")"
+        return f" WHERE {hashed} % {buckets} = {bucket}"
+
+    def stage(self, sql: str, name: str) -> Path:
+        path = self.scratch / f"{name}.parquet"
+        self.con.execute(f"COPY ({sql}) TO '{path}' (FORMAT parquet)")
+        return path
+
+    def stage_sorted(self, parts: list[Path], name: str, order_by: str) -> Path:
+        path = self.scratch / f"{name}.parquet"
+        listed = "[" + ", ".join(f"'{p}'" for p in parts) + "]"
+        self.con.execute("SET preserve_insertion_order = true")
+        self.con.execute(
+            f"COPY (SELECT * FROM read_parquet({listed}) ORDER BY {order_by}) TO '{path}' "
+            "(FORMAT parquet)"
+        )
+        self.con.execute("SET preserve_insertion_order = false")
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return path
+
+    def stream(self, path: Path) -> Iterator[pa.RecordBatch]:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=64 * 1024)
+
+    def stream_entities(self) -> Iterator[pa.RecordBatch]:
+        """The entity rows in input order, with __row, exactly as the user gave them."""
+        source = self._entity_input
+        if isinstance(source, pa.Table):
+            table = source.append_column(ROW, pa.array(np.arange(source.num_rows, dtype=np.int64)))
+            yield from table.to_batches(max_chunksize=64 * 1024)
+            return
+        assert source is not None
+        offset = 0
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=64 * 1024):
+            rows = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
+            offset += batch.num_rows
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array(rows)], names=[*batch.schema.names, ROW]
+            )
+
     def close(self) -> None:
         self.con.close()
+        self._scratch_dir.cleanup()
 
 
 def _duck(kind: str) -> str:
@@ -120,3 +209,8 @@ def _duck(kind: str) -> str:
         "timestamp": "TIMESTAMPTZ",
         "date": "DATE",
     }[kind]
+
+
+def _first(rows: list[tuple]) -> tuple | None:
+    """The first row of a fully fetched result (DuckDB wants results finished before reuse)."""
+    return rows[0] if rows else None
