@@ -1,12 +1,18 @@
 """Shared fixtures: a fresh project per test, and real services behind markers.
 
-Tests marked `redis` or `postgres` talk to the real servers. Locally they skip, with the
-reason shown, when a server is not answering; with CI=true a missing server fails the test.
+Tests marked `redis` or `postgres` talk to the real servers, and `spark` tests need pyspark
+and Java 17+. Locally they skip, with the reason shown, when a service is missing; with
+CI=true a missing service fails the test.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,13 +29,44 @@ POSTGRES_URL = os.environ.get(
 _SERVICES = {"redis": ("127.0.0.1", 6379), "postgres": ("127.0.0.1", 5432)}
 
 
+@functools.cache
+def spark_missing() -> str | None:
+    """Why Spark cannot run here, or None when it can."""
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (pip install -e '.[dev]')"
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if home and not Path(str(java)).exists():
+        return f"JAVA_HOME={home} has no bin/java (Spark needs Java 17 or later)"
+    if not java:
+        return "no java on PATH (Spark needs Java 17 or later)"
+    try:
+        shown = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=60, check=True
+        ).stderr
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"`{java} -version` failed: {err}"
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', shown)
+    major = int(match[1]) if match else 0
+    if major == 1 and match and match[2]:
+        major = int(match[2])  # 1.8 is Java 8
+    if major < 17:
+        return f"Spark needs Java 17 or later; {java} is {shown.splitlines()[0] if shown else '?'}"
+    return None
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker, (host, port) in _SERVICES.items():
-        if item.get_closest_marker(marker) and not port_open(host, port):
-            message = f"{marker} is not answering at {host}:{port}"
-            if IN_CI:
-                pytest.fail(f"{message} (CI=true: a missing service is a failure, not a skip)")
-            pytest.skip(message)
+    problems = [
+        f"{marker} is not answering at {host}:{port}"
+        for marker, (host, port) in _SERVICES.items()
+        if item.get_closest_marker(marker) and not port_open(host, port)
+    ]
+    if item.get_closest_marker("spark") and (missing := spark_missing()):
+        problems.append(f"spark: {missing}")
+    if problems:
+        if IN_CI:
+            pytest.fail(f"{problems[0]} (CI=true: a missing service is a failure, not a skip)")
+        pytest.skip(problems[0])
 
 
 @pytest.fixture

@@ -412,3 +412,19 @@ def test_bucketed_staging_gives_the_same_rows(
         else:
             assert a == b, name
     assert_rows_match(staged.slice(0, 150), events, rows[:150])
+
+
+def test_nanosecond_entity_times_are_accepted(tmp_path: Path) -> None:
+    """pandas writes ns timestamps; they are truncated to µs like every stored time."""
+    cfg = make_project(tmp_path / "p")
+    events = [
+        {"id": 1, "card": "card_0000001", "t": T0, "amount": 4.0, "country": "US", "device": "d"}
+    ]
+    load_events(cfg, events)
+    rows = [("card_0000001", T0 + timedelta(minutes=5), 2.0)]
+    table = entity_table(rows)
+    ns = table.set_column(
+        1, "event_timestamp", table.column("event_timestamp").cast(pa.timestamp("ns", tz="UTC"))
+    )
+    got = get_historical_features(cfg, load_definitions(cfg), "svc", ns).to_pylist()[0]
+    assert got["count_10m"] == 1 and got["ratio"] == 0.5

@@ -27,11 +27,11 @@ from typing import Any
 
 from backline.core.durations import parse_duration, parse_utc
 from backline.core.errors import BacklineError, ConfigError
+from backline.core.types import COLUMN_TYPES
 from backline.core.uris import StoreURI, parse_uri
 
 CONFIG_FILE = "backline.toml"
 
-COLUMN_TYPES = ("string", "int64", "float64", "bool", "timestamp", "date")
 FORMATS = ("auto", "csv", "jsonl", "parquet")
 # Added to every stored row: which batch brought it, when, and its partition.
 RESERVED_COLUMNS = ("batch_id", "ingested_at", "event_date", "source")

@@ -37,6 +37,7 @@ import duckdb
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import StoreError
+from backline.core.types import DUCKDB_TYPES
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -360,15 +361,7 @@ class OfflineStore:
                 f"SELECT * FROM read_parquet({_list(files)}, hive_partitioning = true, "
                 "union_by_name = true)"
             )
-        types = {
-            "string": "VARCHAR",
-            "int64": "BIGINT",
-            "float64": "DOUBLE",
-            "bool": "BOOLEAN",
-            "timestamp": "TIMESTAMPTZ",
-            "date": "DATE",
-        }
-        columns = [f'NULL::{types[c.type]} AS "{c.name}"' for c in spec.columns]
+        columns = [f'NULL::{DUCKDB_TYPES[c.type]} AS "{c.name}"' for c in spec.columns]
         columns += [
             "NULL::TIMESTAMPTZ AS ingested_at",
             "NULL::VARCHAR AS batch_id",

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from backline.core.config import ColumnSpec, SourceSpec
+from backline.core.types import ARROW_TYPES, DUCKDB_TYPES
 from backline.data.readers import LINE, RAW, FileRead
 
 REASONS = (
@@ -65,22 +66,6 @@ REASONS = (
 )
 FILE = "__file"
 
-ARROW_TYPES = {
-    "string": pa.string(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "date": pa.date32(),
-}
-DUCKDB_TYPES = {
-    "string": "VARCHAR",
-    "int64": "BIGINT",
-    "float64": "DOUBLE",
-    "bool": "BOOLEAN",
-    "timestamp": "TIMESTAMPTZ",
-    "date": "DATE",
-}
 # A time of day followed by an explicit offset or Z; '2026-01-01' alone has no zone.
 _HAS_ZONE = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*([zZ]|[+-]\d{2}(:?\d{2})?)$"
 

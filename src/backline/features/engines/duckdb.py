@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import SchemaError, UsageError
+from backline.core.types import DUCKDB_TYPES
 from backline.features.compile import DUCKDB, ROW, TIME
 
-_TIME_TYPES = ("TIMESTAMP WITH TIME ZONE",)
+_TIME_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ_NS")  # ns (pandas) is truncated to µs
 # Rows (entity rows + events) per bucket of a view: about 1 GB of DuckDB memory at peak.
 ROWS_PER_BUCKET = 3_000_000
 
@@ -84,7 +85,7 @@ class DuckDBEngine:
             )
         ts = f'"{timestamp_column}"'
         self.con.execute(
-            f"CREATE OR REPLACE TEMP VIEW __entities AS SELECT *, epoch_us({ts}) AS {TIME} FROM ({base})"
+            f"CREATE OR REPLACE TEMP VIEW __entities AS SELECT *, epoch_us({ts}::TIMESTAMPTZ) AS {TIME} FROM ({base})"
         )
         row = _first(
             self.con.execute(
@@ -104,7 +105,7 @@ class DuckDBEngine:
         self._n += 1
         name = f"__source_{spec.name}_{self._n}"
         if not files:
-            cols = ", ".join(f'NULL::{_duck(c.type)} AS "{c.name}"' for c in spec.columns)
+            cols = ", ".join(f'NULL::{DUCKDB_TYPES[c.type]} AS "{c.name}"' for c in spec.columns)
             self.con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {cols}, "
                 "NULL::TIMESTAMPTZ AS ingested_at WHERE false"
@@ -198,17 +199,6 @@ class DuckDBEngine:
     def close(self) -> None:
         self.con.close()
         self._scratch_dir.cleanup()
-
-
-def _duck(kind: str) -> str:
-    return {
-        "string": "VARCHAR",
-        "int64": "BIGINT",
-        "float64": "DOUBLE",
-        "bool": "BOOLEAN",
-        "timestamp": "TIMESTAMPTZ",
-        "date": "DATE",
-    }[kind]
 
 
 def _first(rows: list[tuple]) -> tuple | None:

@@ -16,6 +16,7 @@ put the project on a shared file system.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import os
@@ -23,7 +24,6 @@ import re
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +45,9 @@ _MID = "__mid"  # monotonically_increasing_id of a CSV row: partition << 33 | po
 _LOW_BITS = (1 << 33) - 1
 _LOG4J = """\
 rootLogger.level = error
+# at ERROR too, so that Spark does not announce a "default log level" of WARN at start
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = error
 rootLogger.appenderRef.stderr.ref = console
 appender.console.type = Console
 appender.console.name = console
@@ -52,6 +55,14 @@ appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n
 """
+# Set on every engine's session: UTC times, few shuffle partitions for one machine, µs timestamps
+# in written Parquet, and partition values read as written (event_date is typed by hand).
+_SQL_SETTINGS = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+}
 # Spark's names for column types, as DuckDB spells them, so errors read the same on both engines.
 _DUCKDB_NAMES = {
     "timestamp_ntz": "TIMESTAMP",
@@ -73,12 +84,16 @@ class SparkEngine:
     dialect = SPARK
 
     def __init__(self, cfg: Config) -> None:
+        # a session of its own (sharing the process's SparkContext): its settings and temporary
+        # views cannot meet those of another engine or of the application's own session
+        self.spark = _shared_session(cfg).newSession()
+        for key, value in _SQL_SETTINGS.items():
+            self.spark.conf.set(key, value)
         scratch_root = cfg.root / ".backline" / "tmp"
         scratch_root.mkdir(parents=True, exist_ok=True)
-        self.spark = _session(cfg, scratch_root)
         self._scratch = Path(tempfile.mkdtemp(prefix="spark-", dir=scratch_root))
-        self._tag = uuid.uuid4().hex[:12]
         self._views: list[str] = []
+        self._sources: dict[tuple[str, ...], str] = {}
         self._n = 0
         self.columns: list[str] = []
 
@@ -91,6 +106,7 @@ class SparkEngine:
             suffix = Path(rows).suffix.lower()
             if suffix == ".parquet":
                 source = pq.ParquetFile(rows)
+                _require_time_column(source.schema_arrow.names, timestamp_column)
                 df = self._arrow_entities(source.iter_batches(), source.schema_arrow)
             elif suffix == ".csv":
                 df = self._csv_entities(Path(rows), timestamp_column)
@@ -100,12 +116,19 @@ class SparkEngine:
                     "timestamp column)."
                 )
         types = {f.name: f.dataType.simpleString() for f in df.schema.fields if f.name != _MID}
-        _check_time_type(types, timestamp_column)
+        _require_time_column(list(types), timestamp_column)
+        if types[timestamp_column] != "timestamp":
+            kind = types[timestamp_column]
+            raise SchemaError(
+                f"entity column {timestamp_column!r} is {_DUCKDB_NAMES.get(kind, kind.upper())}, "
+                "not a timestamp with a timezone. Write times with an offset "
+                "(2026-01-05T10:00:00Z) or as UTC-aware timestamps; backline never guesses a zone."
+            )
         if _MID in df.columns:
             df = self._number_csv_rows(df)
-        name = self._view(df, "entities")
+        name = self._view(df, "__entity_input")
         ts = SPARK.quote(timestamp_column)
-        view = f"{name}_t"
+        view = "__entities"
         self.spark.sql(
             f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *, unix_micros({ts}) AS {TIME} FROM {name}"
         )
@@ -144,16 +167,17 @@ class SparkEngine:
         from pyspark.sql import functions as F
 
         reader = self.spark.read.options(header=True, inferSchema=True, mode="FAILFAST")
-        with _LOCK:  # the inference reads the session's timestamp type; keep it to this read
-            previous = self.spark.conf.get("spark.sql.timestampType", None)
-            self.spark.conf.set("spark.sql.timestampType", "TIMESTAMP_NTZ")
-            try:
-                df = reader.csv(str(path))
-            finally:
-                if previous is None:
-                    self.spark.conf.unset("spark.sql.timestampType")
-                else:
-                    self.spark.conf.set("spark.sql.timestampType", previous)
+        # inference makes offset-less times TIMESTAMP_NTZ only under this setting (this
+        # engine's own session; nothing else runs in it meanwhile)
+        self.spark.conf.set("spark.sql.timestampType", "TIMESTAMP_NTZ")
+        try:
+            df = reader.csv(str(path))
+        finally:
+            self.spark.conf.unset("spark.sql.timestampType")
+        # DuckDB reads whole numbers in a CSV as BIGINT; Spark would make small ones INT
+        for field in df.schema.fields:
+            if field.dataType.simpleString() in ("int", "smallint", "tinyint"):
+                df = df.withColumn(field.name, F.col(field.name).cast("bigint"))
         return df.withColumn(_MID, F.monotonically_increasing_id())
 
     def _number_csv_rows(self, df: DataFrame) -> DataFrame:
@@ -179,13 +203,17 @@ class SparkEngine:
         return df.withColumn(ROW, numbered.cast("bigint")).drop(_MID)
 
     def source(self, spec: SourceSpec, files: list[Path], bounds: tuple[int, int]) -> str:
-        self._n += 1
-        name = f"__source_{spec.name}_{self._tag}_{self._n}"
         low, high = bounds
         first = _utc_date(low) - dt.timedelta(days=1)
         last = _utc_date(high) + dt.timedelta(days=1)
         # prune whole partitions first; the exact bound is applied by the compiled query
         kept = [f for f in files if _in_dates(f, first, last)]
+        known = (spec.name, *(str(f) for f in kept))
+        if known in self._sources:  # views over the same files share one relation
+            return self._sources[known]
+        self._n += 1
+        name = f"__source_{self._n}"
+        self._sources[known] = name
         if not kept:
             cols = ", ".join(
                 f"CAST(NULL AS {SPARK.sql_type(c.type)}) AS {SPARK.quote(c.name)}"
@@ -207,11 +235,9 @@ class SparkEngine:
         # partition values are read as strings (type inference is off): type them as DuckDB does
         if "event_date" in df.columns:
             df = df.withColumn("event_date", F.col("event_date").cast("date"))
-        return self._view(df, name, exact=True)
+        return self._view(df, name)
 
-    def _view(self, df: DataFrame, name: str, *, exact: bool = False) -> str:
-        if not exact:
-            name = f"__{name}_{self._tag}"
+    def _view(self, df: DataFrame, name: str) -> str:
         df.createOrReplaceTempView(name)
         self._views.append(name)
         return name
@@ -221,14 +247,20 @@ class SparkEngine:
     def execute(self, sql: str, batch_rows: int = 256 * 1024) -> Iterator[pa.RecordBatch]:
         self._n += 1
         out = self._scratch / f"result-{self._n}"
-        self.spark.sql(sql).write.parquet(str(out))
+        df = self.spark.sql(sql)
+        names = df.columns
+        # written under positional names, so that no column name can trouble Parquet or Spark
+        df.toDF(*(f"c{i}" for i in range(len(names)))).write.parquet(str(out))
         try:
             # part files are numbered in partition order, so an ORDER BY survives the write
             for part in sorted(out.glob("part-*.parquet")):
                 reader = pq.ParquetFile(part)
-                schema = _nullable(reader.schema_arrow)
+                schema = pa.schema(
+                    pa.field(name, f.type)
+                    for name, f in zip(names, reader.schema_arrow, strict=True)
+                )
                 for batch in reader.iter_batches(batch_size=batch_rows):
-                    yield batch.cast(schema)
+                    yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -243,7 +275,8 @@ class SparkEngine:
 # -- the shared session --------------------------------------------------------------------------
 
 
-def _session(cfg: Config, scratch_root: Path) -> SparkSession:
+def _shared_session(cfg: Config) -> SparkSession:
+    """The process's SparkSession, started on first use (and again if the master changes)."""
     global _SESSION
     try:
         from pyspark.sql import SparkSession
@@ -255,27 +288,22 @@ def _session(cfg: Config, scratch_root: Path) -> SparkSession:
     master = cfg.features.spark_master
     with _LOCK:
         if _SESSION is not None:
-            active = _SESSION.sparkContext
-            if getattr(active, "_jsc", None) is not None and active.master == master:
+            context = _SESSION.sparkContext
+            if getattr(context, "_jsc", None) is not None and context.master == master:
                 return _SESSION
             _SESSION.stop()
             _SESSION = None
         _require_java()
-        log4j = scratch_root / "spark-log4j2.properties"
-        log4j.write_text(_LOG4J)
         builder = (
             SparkSession.builder.master(master)
             .appName("backline")
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.sql.shuffle.partitions", "4")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
             .config("spark.driver.memory", _spark_size(cfg.features.memory_limit))
-            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
-            .config("spark.local.dir", str(scratch_root))
+            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_log4j()}")
         )
+        for key, value in _SQL_SETTINGS.items():
+            builder = builder.config(key, value)
         if master.startswith("local"):
             builder = builder.config("spark.driver.host", "127.0.0.1").config(
                 "spark.driver.bindAddress", "127.0.0.1"
@@ -292,10 +320,29 @@ def _session(cfg: Config, scratch_root: Path) -> SparkSession:
         return session
 
 
+def _log4j() -> Path:
+    """A log4j2 configuration that keeps Spark to errors (the JVM reads it once, at start)."""
+    handle, name = tempfile.mkstemp(prefix="backline-spark-log4j2-", suffix=".properties")
+    with os.fdopen(handle, "w") as out:
+        out.write(_LOG4J)
+    atexit.register(_remove, Path(name))
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 def _require_java() -> None:
     home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return
+    if home:  # pyspark starts $JAVA_HOME/bin/java when JAVA_HOME is set
+        if (Path(home) / "bin" / "java").exists():
+            return
+        raise ConfigError(
+            f'features.engine = "spark" needs Java 17 or later, and JAVA_HOME={home} has no '
+            "bin/java. Point JAVA_HOME at a Java 17+ installation, or unset it to use `java` "
+            "from PATH."
+        )
     if shutil.which("java"):
         return
     raise ConfigError(
@@ -306,7 +353,7 @@ def _require_java() -> None:
 
 
 def _spark_size(size: str) -> str:
-    """features.memory_limit ('3GB', '512MiB') as a Spark size in MiB ('2861m')."""
+    """features.memory_limit ('3GB', '512MiB') as a Spark size in MiB ('2861m'), 512m at least."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", size.strip())
     if match is None:  # config validation makes this unreachable
         return "1g"
@@ -319,18 +366,11 @@ def _spark_size(size: str) -> str:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _check_time_type(types: dict[str, str], timestamp_column: str) -> None:
-    if timestamp_column not in types:
+def _require_time_column(names: list[str], timestamp_column: str) -> None:
+    if timestamp_column not in names:
         raise SchemaError(
             f"entities have no timestamp column {timestamp_column!r} (columns: "
-            f"{', '.join(c for c in types if c != ROW)}). Pass --timestamp-column NAME."
-        )
-    kind = types[timestamp_column]
-    if kind != "timestamp":
-        raise SchemaError(
-            f"entity column {timestamp_column!r} is {_DUCKDB_NAMES.get(kind, kind.upper())}, not "
-            "a timestamp with a timezone. Write times with an offset (2026-01-05T10:00:00Z) or as "
-            "UTC-aware timestamps; backline never guesses a zone."
+            f"{', '.join(c for c in names if c != ROW)}). Pass --timestamp-column NAME."
         )
 
 
@@ -342,10 +382,6 @@ def _spark_schema(schema: pa.Schema) -> pa.Schema:
             f = f.with_type(pa.timestamp("us", tz=f.type.tz))
         fields.append(f)
     return pa.schema(fields)
-
-
-def _nullable(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f.with_nullable(True) for f in schema])
 
 
 def _utc_date(micros: int) -> dt.date:
