@@ -44,7 +44,11 @@ def get_historical_features(
     if not batches:
         raise SchemaError("no entity rows were given; pass at least one (keys, timestamp) row.")
     table = pa.Table.from_batches(batches)
-    return table.sort_by(ROW).drop_columns([ROW])
+    # __row is 0..n-1: put each row in its place with one take, no sort
+    rows = table.column(ROW).to_numpy()
+    order = np.empty(len(rows), dtype=np.int64)
+    order[rows] = np.arange(len(rows), dtype=np.int64)
+    return table.drop_columns([ROW]).take(order)
 
 
 def write_historical_features(

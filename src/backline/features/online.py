@@ -1,0 +1,401 @@
+"""Online feature reads: every feature of a service for many entities in one round trip.
+
+    out = get_online_features(cfg, defs, "fraud_v1",
+                              [{"card_id": "card_0000001", "merchant_id": "m_000001"}],
+                              request_rows=[{"amount": 42.0}])
+    out.to_dicts()   # [{"card_id": ..., "merchant_id": ..., "count_10m": 3, ...}]
+    out.status("last_country")   # ["ok"] / ["expired"] / ["missing"]
+
+Values are computed at the read time T (`at`, default now) from the stored state, with the
+same semantics as training sets: aggregates over (T - window, T], the latest plain row unless
+it is older than the view's ttl. On-demand features run the same function objects as offline.
+The store and the per-service read plan are cached, so a read does no definition work.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, overload
+
+import numpy as np
+import pyarrow as pa
+
+from backline.core.config import Config
+from backline.core.errors import SchemaError, UsageError
+from backline.features.definitions import Definitions
+from backline.features.online_codec import (
+    PlainCodec,
+    ViewLayout,
+    entity_key,
+    evaluate,
+    layout_of,
+    to_python,
+    to_us,
+)
+from backline.features.online_store import OnlineStore, open_online_store
+from backline.features.repository import require_applied, resolve_service
+
+__all__ = [
+    "OnlineFeatures",
+    "OnlineStore",
+    "clear_caches",
+    "get_online_features",
+    "open_online_store",
+]
+
+OK, EXPIRED, MISSING = "ok", "expired", "missing"
+_RANK = {OK: 0, EXPIRED: 1, MISSING: 2}
+_ARROW_TYPES = {
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "date": pa.date32(),
+}
+
+
+@dataclass(frozen=True)
+class OnlineFeatures:
+    """The features of a service for a list of entities, at one time.
+
+    `values[i][j]` is feature `columns[j]` of entity row i; `statuses[i][j]` is ok, expired
+    (a plain view's row older than its ttl: value None) or missing (the store does not know
+    the entity: counts 0, everything else None); `ages[i][j]` is the age in seconds of the
+    stored row a plain-view feature came from, else None.
+    """
+
+    service: str
+    at: datetime
+    entity_columns: tuple[str, ...]
+    entities: tuple[tuple[Any, ...], ...]
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    """Per column: int, float, string, int64, float64, bool, timestamp or date."""
+    values: tuple[tuple[Any, ...], ...]
+    statuses: tuple[tuple[str, ...], ...]
+    ages: tuple[tuple[float | None, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.columns.index(name)
+        except ValueError:
+            raise UsageError(
+                f"feature {name!r} is not served by {self.service!r}. Columns: "
+                f"{', '.join(self.columns)}."
+            ) from None
+
+    def column(self, name: str) -> list[Any]:
+        j = self._index(name)
+        return [row[j] for row in self.values]
+
+    @overload
+    def status(self, name: str, /) -> list[str]: ...
+
+    @overload
+    def status(self, row: int, name: str, /) -> str: ...
+
+    def status(self, first: str | int, name: str | None = None, /) -> list[str] | str:
+        """`status(feature)`: the feature's status for every entity row; `status(i, column)`:
+        one row's status ("" for an entity key column)."""
+        if name is None:
+            j = self._index(str(first))
+            return [row[j] for row in self.statuses]
+        if name in self.entity_columns:
+            return ""
+        return self.statuses[int(first)][self._index(name)]
+
+    def age(self, name: str) -> list[float | None]:
+        j = self._index(name)
+        return [row[j] for row in self.ages]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One dict per entity row: its join keys, then the service's features in order."""
+        names = self.entity_columns + self.columns
+        return [
+            dict(zip(names, keys + row, strict=True))
+            for keys, row in zip(self.entities, self.values, strict=True)
+        ]
+
+    def to_arrow(self) -> pa.Table:
+        arrays: dict[str, pa.Array] = {}
+        for j, name in enumerate(self.entity_columns):
+            arrays[name] = pa.array([keys[j] for keys in self.entities])
+        for j, (name, kind) in enumerate(zip(self.columns, self.types, strict=True)):
+            arrays[name] = pa.array([row[j] for row in self.values], type=_ARROW_TYPES[kind])
+        return pa.table(arrays)
+
+
+# -- the read plan ------------------------------------------------------------------------------
+
+
+class _ViewRead:
+    """How to fetch and evaluate one view's picked features."""
+
+    def __init__(self, layout: ViewLayout, version: str, features: Sequence[str]) -> None:
+        self.name = layout.name
+        self.version = version
+        self.join_keys = layout.join_keys
+        self.layout = layout
+        self.features = tuple(features)
+        if layout.is_aggregate:
+            by_name = {a.feature: a for a in layout.aggregates}
+            self.specs = [by_name[f] for f in self.features]
+            self.kinds = [s.kind for s in layout.slots]
+            self.empty = [
+                0 if s.function in ("count", "count_distinct") else None for s in self.specs
+            ]
+        else:
+            self.codec = PlainCodec(layout)
+            positions = {name: i for i, (name, _, _) in enumerate(layout.fields)}
+            self.picks = [(f, positions[f], layout.fields[positions[f]][2]) for f in self.features]
+
+    def fill(
+        self,
+        blob: bytes | None,
+        t_us: int,
+        values: dict[str, Any],
+        status: dict[str, tuple[str, float | None]],
+    ) -> None:
+        if self.layout.is_aggregate:
+            if blob is None:
+                for f, empty in zip(self.features, self.empty, strict=True):
+                    values[f] = empty
+                    status[f] = (MISSING, None)
+                return
+            results = evaluate(blob, t_us, self.specs, self.kinds)
+            for f, value in zip(self.features, results, strict=True):
+                values[f] = value
+                status[f] = (OK, None)
+            return
+        if blob is not None:
+            event_us, _, row = self.codec.decode_fields(blob)
+            if event_us <= t_us:
+                age = (t_us - event_us) / 1e6
+                if event_us < t_us - self.layout.ttl_us:
+                    for f, _, _ in self.picks:
+                        values[f] = None
+                        status[f] = (EXPIRED, age)
+                    return
+                for f, i, kind in self.picks:
+                    values[f] = to_python(row[i], kind)
+                    status[f] = (OK, age)
+                return
+        for f, _, _ in self.picks:  # unknown, or only known after T
+            values[f] = None
+            status[f] = (MISSING, None)
+
+
+@dataclass(frozen=True)
+class _OnDemandRead:
+    name: str
+    function: Any
+    inputs: tuple[tuple[str, str, str], ...]
+    """(argument, "request" or "feature", field or feature name)."""
+
+
+class _Plan:
+    def __init__(self, cfg: Config, defs: Definitions, service: str) -> None:
+        plan = resolve_service(defs, service)
+        versions = require_applied(cfg, defs, [v for v, _ in plan.views])
+        self.service = service
+        self.views: list[_ViewRead] = []
+        types: dict[str, str] = {}
+        for name, features in plan.views:
+            view = defs.view(name)
+            layout = layout_of(view, cfg.source(view.source))
+            self.views.append(_ViewRead(layout, versions[name], features))
+            for f in features:
+                types[f] = layout.feature_type(f)
+        self.on_demand: list[_OnDemandRead] = []
+        for name in plan.on_demand:
+            odf = defs.on_demand[name]
+            inputs = []
+            for arg, ref in odf.inputs.items():
+                head, _, tail = ref.partition(":")
+                inputs.append((arg, "request" if head == "request" else "feature", tail))
+            self.on_demand.append(_OnDemandRead(name, odf.function, tuple(inputs)))
+            types[name] = "float"
+        self.outputs = plan.outputs
+        self.types = tuple(types[o] for o in plan.outputs)
+        self.request_fields = plan.request_fields
+        keys: list[str] = []
+        for v in self.views:
+            keys.extend(k for k in v.join_keys if k not in keys)
+        self.entity_columns = tuple(keys)
+
+
+_lock = threading.Lock()
+_stores: dict[tuple[str, str], OnlineStore] = {}
+_plans: dict[tuple[int, str, str], tuple[weakref.ref[Definitions], _Plan]] = {}
+
+
+def _store(cfg: Config) -> OnlineStore:
+    key = (f"{cfg.root}|{cfg.online.uri}", cfg.project.name)
+    store = _stores.get(key)
+    if store is None:
+        with _lock:
+            store = _stores.get(key)
+            if store is None:
+                store = _stores[key] = open_online_store(cfg)
+    return store
+
+
+def _plan(cfg: Config, defs: Definitions, service: str) -> _Plan:
+    key = (id(defs), service, str(cfg.root))
+    cached = _plans.get(key)
+    if cached is not None and cached[0]() is defs:
+        return cached[1]
+    plan = _Plan(cfg, defs, service)
+    with _lock:
+        for stale in [k for k, (ref, _) in _plans.items() if ref() is None]:
+            del _plans[stale]
+        _plans[key] = (weakref.ref(defs), plan)
+    return plan
+
+
+def clear_caches() -> None:
+    """Forget cached stores and read plans (after re-applying definitions in a server)."""
+    with _lock:
+        for store in _stores.values():
+            store.close()
+        _stores.clear()
+        _plans.clear()
+
+
+def _key_value(row: Mapping[str, Any], column: str, i: int, plan: _Plan) -> Any:
+    try:
+        return row[column]
+    except KeyError:
+        raise UsageError(
+            f"entity row {i} has no {column!r}; service {plan.service!r} needs "
+            f"{', '.join(plan.entity_columns)} in every entity row."
+        ) from None
+    except TypeError:
+        raise UsageError(
+            f"entity row {i} is a {type(row).__name__}, not a dict; pass entity_rows as a list "
+            "of dicts such as {'card_id': 'card_0000001'}."
+        ) from None
+
+
+def _as_float(value: Any, what: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool | int | float | np.number):
+        return float(value)
+    raise SchemaError(
+        f"{what} is {value!r} ({type(value).__name__}); on-demand features take numbers. "
+        "Pass a number or None."
+    )
+
+
+def get_online_features(
+    cfg: Config,
+    defs: Definitions,
+    service: str,
+    entity_rows: Sequence[Mapping[str, Any]],
+    *,
+    request_rows: Sequence[Mapping[str, Any]] | None = None,
+    at: datetime | None = None,
+) -> OnlineFeatures:
+    """Every feature of `service` for each entity row, read in one round trip."""
+    if at is None:
+        at = datetime.now(UTC)
+    elif not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise UsageError(
+            f"at={at!r} is not a datetime with a time zone; pass a tz-aware datetime such as "
+            "datetime(2026, 1, 1, tzinfo=UTC)."
+        )
+    t_us = to_us(at)
+    plan = _plan(cfg, defs, service)
+    store = _store(cfg)
+    n = len(entity_rows)
+    if request_rows is not None and len(request_rows) != n:
+        raise UsageError(
+            f"request_rows has {len(request_rows)} rows but entity_rows has {n}; pass one "
+            "request row per entity row."
+        )
+
+    entities = []
+    for i, row in enumerate(entity_rows):
+        entities.append(tuple(_key_value(row, c, i, plan) for c in plan.entity_columns))
+    column_of = {c: j for j, c in enumerate(plan.entity_columns)}
+    groups: list[tuple[str, str, list[str]]] = []
+    row_keys: list[list[str | None]] = []
+    for v in plan.views:
+        positions = [column_of[k] for k in v.join_keys]
+        keys = [entity_key([keys[p] for p in positions]) for keys in entities]
+        row_keys.append(keys)
+        groups.append((v.name, v.version, list(dict.fromkeys(k for k in keys if k is not None))))
+    found = store.read(groups)
+
+    values: list[dict[str, Any]] = [{} for _ in range(n)]
+    status: list[dict[str, tuple[str, float | None]]] = [{} for _ in range(n)]
+    for v, keys, blobs in zip(plan.views, row_keys, found, strict=True):
+        for i, key in enumerate(keys):
+            v.fill(None if key is None else blobs.get(key), t_us, values[i], status[i])
+
+    if plan.on_demand:
+        _on_demand(plan, entity_rows, request_rows, values, status)
+
+    outputs = plan.outputs
+    return OnlineFeatures(
+        service=service,
+        at=at.astimezone(UTC),
+        entity_columns=plan.entity_columns,
+        entities=tuple(entities),
+        columns=outputs,
+        types=plan.types,
+        values=tuple(tuple(vals[o] for o in outputs) for vals in values),
+        statuses=tuple(tuple(st[o][0] for o in outputs) for st in status),
+        ages=tuple(tuple(st[o][1] for o in outputs) for st in status),
+    )
+
+
+def _on_demand(
+    plan: _Plan,
+    entity_rows: Sequence[Mapping[str, Any]],
+    request_rows: Sequence[Mapping[str, Any]] | None,
+    values: list[dict[str, Any]],
+    status: list[dict[str, tuple[str, float | None]]],
+) -> None:
+    n = len(values)
+    requests = request_rows if request_rows is not None else entity_rows
+    for odf in plan.on_demand:
+        args: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        worst = [OK] * n
+        for arg, where, name in odf.inputs:
+            column = np.empty(n, dtype=np.float64)
+            for i in range(n):
+                if where == "request":
+                    row = requests[i]
+                    if name not in row:
+                        raise UsageError(
+                            f"request row {i} has no {name!r}; on-demand feature {odf.name!r} of "
+                            f"{plan.service!r} needs request fields "
+                            f"{', '.join(plan.request_fields)}. Pass them in request_rows."
+                        )
+                    column[i] = _as_float(row[name], f"request field {name!r} of row {i}")
+                else:
+                    column[i] = _as_float(values[i][name], f"feature {name!r}")
+                    state = status[i][name][0]
+                    if _RANK[state] > _RANK[worst[i]]:
+                        worst[i] = state
+            args[arg] = column
+        with np.errstate(all="ignore"):
+            result = np.asarray(odf.function(**args), dtype=np.float64)
+        result = np.broadcast_to(result, (n,))
+        for i in range(n):
+            x = float(result[i])
+            values[i][odf.name] = None if math.isnan(x) else x
+            status[i][odf.name] = (worst[i], None)

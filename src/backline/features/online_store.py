@@ -1,0 +1,102 @@
+"""The online store interface, and `open_online_store(cfg)` choosing SQLite or Redis by URI.
+
+Keys are (view, version, entity key). Values are the bytes of `online_codec`. Per view version
+the store also keeps the set of offline batches already applied to it (the watermark of
+incremental materialization), written in the same transaction as the values.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from backline.core.config import Config
+
+T = TypeVar("T")
+FAULT_ENV = "BACKLINE_TEST_FAULT"
+"""Tests set it to `online_before_commit` to be killed just before a write commits."""
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the crash tests: vanish as SIGKILL would, at a named step."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class OnlineTransaction(ABC):
+    """Reads and writes of one view version that commit (or vanish) together."""
+
+    @abstractmethod
+    def get(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Stored values of those entity keys (absent keys are left out)."""
+
+    @abstractmethod
+    def put(self, items: Sequence[tuple[str, bytes]]) -> None: ...
+
+    @abstractmethod
+    def applied(self) -> set[str]:
+        """Batches already applied to this view version."""
+
+    @abstractmethod
+    def mark_applied(self, batch_ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def clear_applied(self) -> None:
+        """Forget the watermark: the next incremental run re-applies every batch."""
+
+
+class OnlineStore(ABC):
+    """Where served feature values live."""
+
+    uri: str
+    kind: str
+
+    @abstractmethod
+    def read(self, groups: Sequence[tuple[str, str, Sequence[str]]]) -> list[dict[str, bytes]]:
+        """Values for several (view, version, entity keys) groups, in ONE round trip."""
+
+    @abstractmethod
+    def transact(self, view: str, version: str, work: Callable[[OnlineTransaction], T]) -> T:
+        """Run `work` and commit everything it wrote, with the watermark, atomically."""
+
+    @abstractmethod
+    def applied_batches(self, view: str, version: str) -> set[str]: ...
+
+    @abstractmethod
+    def entity_keys(self, view: str, version: str) -> list[str]:
+        """Every entity stored for a view version (for inspection and tests; not fast)."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Delete everything this store holds for the project."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def redis_prefix(cfg: Config) -> str:
+    """Keys of a project in a shared Redis start with this."""
+    return f"backline:{cfg.project.name}:"
+
+
+def open_online_store(cfg: Config) -> OnlineStore:
+    """The store named by online.uri; Redis is pinged first, so an unreachable server is a
+    StoreError before anything is written."""
+    uri = cfg.store_uri("online")
+    if uri.scheme == "redis":
+        from backline.features.online_redis import RedisOnlineStore
+
+        return RedisOnlineStore(uri, redis_prefix(cfg))
+    from backline.features.online_sqlite import SQLiteOnlineStore
+
+    assert uri.path is not None
+    return SQLiteOnlineStore(uri.path, uri.raw)
