@@ -325,3 +325,47 @@ def test_csv_rows_keep_file_order_across_splits(
     assert got["__row"].to_pylist() == list(range(entities.num_rows))
     assert got["card_id"].equals(entities["card_id"])
     assert got["event_timestamp"].equals(entities["event_timestamp"])
+
+
+def test_materialized_values_are_identical_on_both_engines(
+    fraud: tuple[Config, Definitions, pa.Table], tmp_path: Path
+) -> None:
+    """Materialize with each engine into its own online store; every read answers the same."""
+    import dataclasses
+
+    from backline.features.materialize import materialize
+    from backline.features.online import clear_caches, get_online_features
+
+    cfg, defs, entities = fraud
+    end = T0 + timedelta(days=2)
+    answers = []
+    for engine in ("duckdb", "spark"):
+        variant = dataclasses.replace(
+            cfg,
+            features=dataclasses.replace(cfg.features, engine=engine),
+            online=dataclasses.replace(cfg.online, uri=f"sqlite:///{tmp_path}/{engine}.db"),
+        )
+        clear_caches()
+        result = materialize(variant, defs, end=end)
+        assert result.entities > 0
+        rows = [
+            {"card_id": c, "merchant_id": m, "amount": 10.0}
+            for c, m in zip(
+                entities["card_id"].to_pylist()[:300],
+                entities["merchant_id"].to_pylist()[:300],
+                strict=True,
+            )
+        ]
+        for at in (end, end + timedelta(minutes=30), end + timedelta(days=1)):
+            answers.append(
+                (engine, at, get_online_features(variant, defs, "fraud_v1", rows, at=at).to_dicts())
+            )
+    half = len(answers) // 2
+    for (_, at, duck), (_, _, spark) in zip(answers[:half], answers[half:], strict=True):
+        for a, b in zip(duck, spark, strict=True):
+            for name, value in a.items():
+                other = b[name]
+                if isinstance(value, float) and other is not None:
+                    assert math.isclose(value, other, rel_tol=1e-9), (at, name)
+                else:
+                    assert value == other, (at, name, value, other)

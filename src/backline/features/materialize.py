@@ -23,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,6 +31,7 @@ from backline.core.errors import UsageError
 from backline.data.ingest import ingest
 from backline.data.offline_store import BatchRecord, OfflineStore
 from backline.features.definitions import Definitions, version_of
+from backline.features.engines import Engine, open_engine
 from backline.features.online_codec import PlainCodec, ViewLayout, layout_of, merge_events, to_us
 from backline.features.online_state import load_rows, view_state
 from backline.features.online_store import OnlineStore, OnlineTransaction, open_online_store
@@ -151,12 +151,14 @@ def materialize(
     offline = OfflineStore.open(cfg)
     done: dict[str, ViewMaterialization] = {}
     groups = _groups([layouts[n] for n in names])
-    with store, _duckdb() as con:
+    with store, _engine(cfg, None) as engine:
         for g, members in enumerate(groups):
             tick(f"materializing {', '.join(m.name for m in members)}", g / len(groups))
             batches = offline.batches(members[0].source)
             if not incremental:
-                for r in _recompute(store, offline, con, members, versions, batches, start, end):
+                for r in _recompute(
+                    store, offline, engine, cfg, members, versions, batches, start, end
+                ):
                     done[r.view] = r
                 continue
             buckets: dict[tuple[str, ...], list[ViewLayout]] = {}
@@ -166,7 +168,7 @@ def materialize(
                 buckets.setdefault(pending, []).append(layout)
             for pending, bucket in buckets.items():
                 chosen = [b for b in batches if b.batch_id in set(pending)]
-                for r in _apply_batches(store, offline, con, bucket, versions, chosen):
+                for r in _apply_batches(store, offline, engine, cfg, bucket, versions, chosen):
                     done[r.view] = r
         tick("done", 1.0)
     return MaterializeResult(
@@ -218,9 +220,11 @@ def push(
             for name in ready
             if batch.batch_id not in store.applied_batches(name, versions[name])
         ]
-        with _duckdb() as con:
+        with _engine(cfg, "duckdb") as engine:  # one small batch: the embedded engine reads it
             for members in _groups(todo):
-                results.extend(_apply_batches(store, offline, con, members, versions, [batch]))
+                results.extend(
+                    _apply_batches(store, offline, engine, cfg, members, versions, [batch])
+                )
     return PushResult(
         source=source,
         batch_id=ingested.batch_id,
@@ -238,14 +242,18 @@ def push(
 # -- steps --------------------------------------------------------------------------------------
 
 
-class _duckdb:
-    def __enter__(self) -> duckdb.DuckDBPyConnection:
-        self.con = duckdb.connect()
-        self.con.execute("SET TimeZone = 'UTC'")
-        return self.con
+class _engine:
+    """The feature engine for the offline reads of one materialization, closed afterwards."""
+
+    def __init__(self, cfg: Config, name: str | None) -> None:
+        self.cfg, self.name = cfg, name
+
+    def __enter__(self) -> Engine:
+        self.engine = open_engine(self.cfg, self.name)
+        return self.engine
 
     def __exit__(self, *exc: object) -> None:
-        self.con.close()
+        self.engine.close()
 
 
 def _groups(layouts: Sequence[ViewLayout]) -> list[list[ViewLayout]]:
@@ -259,7 +267,8 @@ def _groups(layouts: Sequence[ViewLayout]) -> list[list[ViewLayout]]:
 def _recompute(
     store: OnlineStore,
     offline: OfflineStore,
-    con: duckdb.DuckDBPyConnection,
+    engine: Engine,
+    cfg: Config,
     layouts: Sequence[ViewLayout],
     versions: dict[str, str],
     batches: Sequence[BatchRecord],
@@ -270,7 +279,8 @@ def _recompute(
     ids = [b.batch_id for b in batches]
     upper_us = None if end is None else to_us(end)
     lower_us = None if start is None else to_us(start)
-    rows = load_rows(con, _files(offline, layouts[0].source, ids), layouts, lower_us, upper_us)
+    spec = cfg.source(layouts[0].source)
+    rows = load_rows(engine, spec, _files(offline, spec.name, ids), layouts, lower_us, upper_us)
     shared = (time.perf_counter() - began) / len(layouts)
     # Every row read, or every row left out was older than what a read at or after `end` can
     # see: then the state is complete and those batches count as applied.
@@ -310,7 +320,8 @@ def _recompute(
 def _apply_batches(
     store: OnlineStore,
     offline: OfflineStore,
-    con: duckdb.DuckDBPyConnection,
+    engine: Engine,
+    cfg: Config,
     layouts: Sequence[ViewLayout],
     versions: dict[str, str],
     pending: Sequence[BatchRecord],
@@ -330,7 +341,8 @@ def _apply_batches(
     for step in steps:
         began = time.perf_counter()
         ids = [b.batch_id for b in step]
-        rows = load_rows(con, _files(offline, layouts[0].source, ids), layouts, None, None)
+        spec = cfg.source(layouts[0].source)
+        rows = load_rows(engine, spec, _files(offline, spec.name, ids), layouts, None, None)
         rows_total += 0 if rows is None else rows.n
         shared = (time.perf_counter() - began) / len(layouts)
         for layout in layouts:

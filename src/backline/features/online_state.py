@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backline.data.validation import fetch_arrow
+from backline.core.config import SourceSpec
+from backline.features.engines import Engine
 from backline.features.online_codec import (
     PlainCodec,
     Slot,
@@ -131,24 +131,29 @@ class SourceRows:
 
 
 def load_rows(
-    con: duckdb.DuckDBPyConnection,
+    engine: Engine,
+    spec: SourceSpec,
     files: Sequence[Path],
     layouts: Sequence[ViewLayout],
     lower_us: int | None,
     upper_us: int | None,
 ) -> SourceRows | None:
-    """The rows of `files` with event time in [lower, upper], with the columns `layouts` need."""
+    """The rows of `files` with event time in [lower, upper], with the columns `layouts` need.
+
+    The read goes through the feature engine (DuckDB or Spark), so materializing on Spark
+    reads the offline store with Spark; what is done with the rows is the same code for both.
+    """
     if not files:
         return None
     first = layouts[0]
-    paths = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
-    source = f"read_parquet({paths}, hive_partitioning = true, union_by_name = true)"
-    et = _quote(first.event_time)
-    where = [f"{et} IS NOT NULL"]
+    d = engine.dialect
+    relation = engine.source(spec, list(files), (lower_us, upper_us))
+    et = d.epoch_us(d.quote(first.event_time))
+    where = [f"{d.quote(first.event_time)} IS NOT NULL"]
     if upper_us is not None:
-        where.append(f"epoch_us({et}) <= {upper_us}")
+        where.append(f"{et} <= {upper_us}")
     if lower_us is not None:
-        where.append(f"epoch_us({et}) >= {lower_us}")
+        where.append(f"{et} >= {lower_us}")
     columns: list[str] = []
     keys: list[str] = []
     for layout in layouts:
@@ -157,17 +162,17 @@ def load_rows(
         columns.extend(s.column for s in layout.slots)
     aliases = {c: f"__c{i}" for i, c in enumerate(dict.fromkeys(columns))}
     select = [
-        *(_quote(k) for k in dict.fromkeys(keys)),
-        f"epoch_us({et}) AS __t",
-        "epoch_us(ingested_at) AS __i",
-        *(f"CAST({_quote(c)} AS VARCHAR) AS __p{i}" for i, c in enumerate(first.primary_key)),
-        *(f"{_quote(c)} AS {a}" for c, a in aliases.items()),
+        *(d.quote(k) for k in dict.fromkeys(keys)),
+        f"{et} AS __t",
+        f"{d.epoch_us('ingested_at')} AS __i",
+        *(f"CAST({d.quote(c)} AS STRING) AS __p{i}" for i, c in enumerate(first.primary_key)),
+        *(f"{d.quote(c)} AS {a}" for c, a in aliases.items()),
     ]
-    query = f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)}"
-    table = fetch_arrow(con.sql(query))
-    if table.num_rows == 0:
+    query = f"SELECT {', '.join(select)} FROM {relation} WHERE {' AND '.join(where)}"
+    batches = list(engine.execute(query))
+    if not batches or sum(b.num_rows for b in batches) == 0:
         return None
-    return SourceRows(table, aliases, first.pk_types)
+    return SourceRows(pa.Table.from_batches(batches), aliases, first.pk_types)
 
 
 def view_state(

@@ -24,8 +24,13 @@ class Engine(Protocol):
         """Register entity rows with `__row` and `__t`; (relation, rows, t_min µs, t_max µs)."""
         ...
 
-    def source(self, spec: SourceSpec, files: list[Path], bounds: tuple[int, int]) -> str:
-        """A relation over a source's committed files, pruned to the event-time bounds (µs)."""
+    def source(
+        self, spec: SourceSpec, files: list[Path], bounds: tuple[int | None, int | None]
+    ) -> str:
+        """A relation over a source's committed files, pruned to the event-time bounds (µs).
+
+        A None bound is open. Pruning drops whole date partitions; exact bounds are the
+        query's job."""
         ...
 
     def execute(self, sql: str, batch_rows: int = 256 * 1024) -> Iterator[pa.RecordBatch]:

@@ -101,7 +101,9 @@ class DuckDBEngine:
         self._entity_input = rows
         return "__entities", int(row[0]), int(row[1] or 0), int(row[2] or 0)
 
-    def source(self, spec: SourceSpec, files: list[Path], bounds: tuple[int, int]) -> str:
+    def source(
+        self, spec: SourceSpec, files: list[Path], bounds: tuple[int | None, int | None]
+    ) -> str:
         self._n += 1
         name = f"__source_{spec.name}_{self._n}"
         if not files:
@@ -114,11 +116,15 @@ class DuckDBEngine:
         listed = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
         low, high = bounds
         # prune whole partitions first; the exact bound is applied by the compiled query
+        prune = []
+        if low is not None:
+            prune.append(f"event_date >= (to_timestamp({low} / 1000000) - INTERVAL 1 DAY)::DATE")
+        if high is not None:
+            prune.append(f"event_date <= (to_timestamp({high} / 1000000) + INTERVAL 1 DAY)::DATE")
         self.con.execute(
             f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({listed}, "
-            "hive_partitioning = true, union_by_name = true) "
-            f"WHERE event_date BETWEEN (to_timestamp({low} / 1000000) - INTERVAL 1 DAY)::DATE "
-            f"AND (to_timestamp({high} / 1000000) + INTERVAL 1 DAY)::DATE"
+            "hive_partitioning = true, union_by_name = true)"
+            + (f" WHERE {' AND '.join(prune)}" if prune else "")
         )
         return name
 

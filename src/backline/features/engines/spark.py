@@ -202,10 +202,12 @@ class SparkEngine:
         numbered = offset + F.col(_MID).bitwiseAND(_LOW_BITS)
         return df.withColumn(ROW, numbered.cast("bigint")).drop(_MID)
 
-    def source(self, spec: SourceSpec, files: list[Path], bounds: tuple[int, int]) -> str:
+    def source(
+        self, spec: SourceSpec, files: list[Path], bounds: tuple[int | None, int | None]
+    ) -> str:
         low, high = bounds
-        first = _utc_date(low) - dt.timedelta(days=1)
-        last = _utc_date(high) + dt.timedelta(days=1)
+        first = dt.date.min if low is None else _utc_date(low) - dt.timedelta(days=1)
+        last = dt.date.max if high is None else _utc_date(high) + dt.timedelta(days=1)
         # prune whole partitions first; the exact bound is applied by the compiled query
         kept = [f for f in files if _in_dates(f, first, last)]
         known = (spec.name, *(str(f) for f in kept))
