@@ -325,8 +325,30 @@ def cmd_features_materialize(args: argparse.Namespace) -> int:
         )
     if args.json:
         print(json.dumps(dataclasses.asdict(result), default=str))
-    else:
-        out.print(result)
+        return 0
+    table = Table(
+        "view",
+        "version",
+        "mode",
+        "rows read",
+        "entities",
+        "batches",
+        "seconds",
+        box=None,
+        padding=(0, 2),
+    )
+    for v in result.views:
+        table.add_row(
+            v.view,
+            v.version,
+            v.mode,
+            f"{v.rows:,}",
+            f"{v.entities:,}",
+            str(v.batches),
+            f"{v.seconds:.2f}",
+        )
+    out.print(table)
+    out.print(f"Materialized {result.entities:,} entity values in {result.seconds:.2f} s.")
     return 0
 
 
@@ -360,8 +382,7 @@ def cmd_features_get(args: argparse.Namespace) -> int:
         return 0
     table = Table("feature", "value", "status", box=None, padding=(0, 2))
     for name, value in rows[0].items():
-        status = result.status(0, name) if hasattr(result, "status") else ""
-        table.add_row(name, "NULL" if value is None else str(value), str(status))
+        table.add_row(name, "NULL" if value is None else str(value), result.status(0, name))
     out.print(table)
     return 0
 
