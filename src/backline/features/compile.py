@@ -243,33 +243,39 @@ def _plain_asof_sql(
 ) -> str:
     """DuckDB's ASOF join for latest values: the same answer as the window plan, faster.
 
-    Events are first reduced to one per (key, time), the one ingested last (then the larger
-    primary key), which is the tie-break the window plan applies; ASOF then takes, for each
-    entity row, the last such event at or before its time. Spark, which has no ASOF join,
-    keeps the window plan, and a test holds the two to the same answers.
+    1. Narrow: events are reduced to one per (key, time), the one ingested last (then the
+       larger primary key), which is the window plan's tie-break, keeping only the key, the
+       time and where the row lives (file, row number).
+    2. ASOF takes, for each entity row, the last such event at or before its time.
+    3. The feature values of the matched rows are fetched by (file, row number) in one pass
+       over the events, so the wide columns are never sorted or buffered.
+    Spark, which has no ASOF join, keeps the window plan, and a test holds the two to the
+    same answers.
     """
     q = dialect.quote
     chosen = [f for f in view.fields if f.feature in features]
     keys = view.join_keys
     key_cols = ", ".join(q(k) for k in keys)
-    values = ", ".join(f"{q(f.column)} AS {q('v_' + f.feature)}" for f in chosen)
     tie = ", ".join(f"{q(k)} DESC" for k in source.primary_key)
-    latest_per_time = (
-        f"SELECT {key_cols}, {t} AS {TIME}, {values} FROM {events} "
+    winners = (
+        f"SELECT {key_cols}, {t} AS {TIME}, __file, __file_row FROM {events} "
         f"WHERE {t} BETWEEN {low} AND {high} "
         f"QUALIFY row_number() OVER (PARTITION BY {key_cols}, {t} "
         f"ORDER BY {dialect.epoch_us('ingested_at')} DESC, {tie}) = 1"
     )
-    on = " AND ".join(f"__e.{q(k)} = __l.{q(k)}" for k in keys)
+    on = " AND ".join(f"__e.{q(k)} = __w.{q(k)}" for k in keys)
     ttl_us = int(view.ttl_delta.total_seconds() * 1_000_000)
+    matched = (
+        f"SELECT __e.{ROW}, __w.__file, __w.__file_row, "
+        f"__w.{TIME} >= __e.{TIME} - {ttl_us} AS __fresh FROM {entities} __e "
+        f"ASOF LEFT JOIN ({winners}) __w ON {on} AND __e.{TIME} >= __w.{TIME}"
+    )
     outputs = ", ".join(
-        f"CASE WHEN __l.{TIME} >= __e.{TIME} - {ttl_us} THEN __l.{q('v_' + f.feature)} END "
-        f"AS {q(f.feature)}"
-        for f in chosen
+        f"CASE WHEN __m.__fresh THEN __v.{q(f.column)} END AS {q(f.feature)}" for f in chosen
     )
     return (
-        f"SELECT __e.{ROW}, {outputs} FROM {entities} __e "
-        f"ASOF LEFT JOIN ({latest_per_time}) __l ON {on} AND __e.{TIME} >= __l.{TIME}"
+        f"SELECT __m.{ROW}, {outputs} FROM ({matched}) __m LEFT JOIN {events} __v "
+        f"ON __v.__file = __m.__file AND __v.__file_row = __m.__file_row"
     )
 
 

@@ -110,7 +110,8 @@ class DuckDBEngine:
             cols = ", ".join(f'NULL::{DUCKDB_TYPES[c.type]} AS "{c.name}"' for c in spec.columns)
             self.con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {cols}, "
-                "NULL::TIMESTAMPTZ AS ingested_at WHERE false"
+                "NULL::TIMESTAMPTZ AS ingested_at, NULL::UBIGINT AS __file, "
+                "NULL::BIGINT AS __file_row WHERE false"
             )
             return name
         listed = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
@@ -122,9 +123,10 @@ class DuckDBEngine:
         if high is not None:
             prune.append(f"event_date <= (to_timestamp({high} / 1000000) + INTERVAL 1 DAY)::DATE")
         self.con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({listed}, "
-            "hive_partitioning = true, union_by_name = true)"
-            + (f" WHERE {' AND '.join(prune)}" if prune else "")
+            f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * EXCLUDE (filename, file_row_number), "
+            "hash(filename) AS __file, file_row_number AS __file_row FROM read_parquet("
+            f"{listed}, hive_partitioning = true, union_by_name = true, filename = true, "
+            "file_row_number = true)" + (f" WHERE {' AND '.join(prune)}" if prune else "")
         )
         return name
 
