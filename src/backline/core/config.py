@@ -114,6 +114,111 @@ class FeaturesSection:
 
 
 @dataclass(frozen=True)
+class TrainSection:
+    service: str = "fraud_v1"
+    """Feature service the model consumes."""
+
+    entity_source: str = "transactions"
+    """Source whose rows are the training examples (each row scored at its event time)."""
+
+    label_source: str = "labels"
+    """Source holding the labels, joined on the entity source's primary key."""
+
+    label_column: str = "is_fraud"
+    """Boolean label column of the label source."""
+
+    label_time: str = "label_time"
+    """When each label arrived: a label counts only if it arrived by the training cutoff."""
+
+    cutoff: str = ""
+    """Training cutoff (UTC ISO time); empty means the latest label arrival in the store."""
+
+    holdout: timedelta = timedelta(days=5)
+    """The last span of labelled examples before the cutoff, held out for evaluation."""
+
+    max_steps: int = 2000
+    """Optimizer steps (batches) to train for."""
+
+    batch_size: int = 1024
+    """Examples per step (per worker under --nproc)."""
+
+    learning_rate: float = 0.003
+    """Peak learning rate (AdamW, cosine decay after a short warm-up)."""
+
+    hidden: tuple[int, ...] = (128, 64)
+    """Hidden layer sizes of the MLP."""
+
+    embedding_dim: int = 8
+    """Embedding size of each categorical feature."""
+
+    seed: int = 0
+    """Seed for data order, initialisation and dropout: same seed, same model."""
+
+    checkpoint_every: int = 200
+    """Write a checkpoint every this many steps (and on SIGTERM)."""
+
+    keep_checkpoints: int = 3
+    """Checkpoints kept; at least 2, since the newest may be the one being written."""
+
+    target_fpr: float = 0.01
+    """False-positive rate at which recall is reported."""
+
+    def __post_init__(self) -> None:
+        if self.keep_checkpoints < 2:
+            raise ConfigError(
+                f"backline.toml: train.keep_checkpoints = {self.keep_checkpoints}; keep at least 2, "
+                "as the newest may be the one being written when a run dies."
+            )
+        for key in ("max_steps", "batch_size", "checkpoint_every", "embedding_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"backline.toml: train.{key} = {getattr(self, key)} must be at least 1."
+                )
+        if not 0 < self.target_fpr < 1:
+            raise ConfigError(
+                f"backline.toml: train.target_fpr = {self.target_fpr} must be between 0 and 1."
+            )
+        if self.learning_rate <= 0:
+            raise ConfigError(
+                f"backline.toml: train.learning_rate = {self.learning_rate} must be positive."
+            )
+
+
+@dataclass(frozen=True)
+class GateSection:
+    min_auc_pr: float = 0.0
+    """Absolute floor for the candidate's AUC-PR on the evaluation set."""
+
+    min_recall_at_fpr: float = 0.0
+    """Absolute floor for recall at train.target_fpr."""
+
+    non_inferiority_margin: float = 0.01
+    """The candidate may trail the champion's AUC-PR by at most this (lower confidence bound)."""
+
+    bootstrap_samples: int = 1000
+    """Bootstrap resamples for the confidence intervals."""
+
+    confidence: float = 0.95
+    """Confidence level of the intervals."""
+
+    max_latency_ms: float = 5.0
+    """Budget for scoring one request with the serving artifact (p99, batch of 1)."""
+
+    max_artifact_mb: float = 50.0
+    """Budget for the size of the serving artifact."""
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1:
+            raise ConfigError(
+                f"backline.toml: gate.confidence = {self.confidence} must be between 0.5 and 1."
+            )
+        if self.bootstrap_samples < 100:
+            raise ConfigError(
+                f"backline.toml: gate.bootstrap_samples = {self.bootstrap_samples}; use at least 100."
+            )
+
+
+@dataclass(frozen=True)
 class ColumnSpec:
     name: str
     """Column name, as it appears in the input header or JSON keys."""
@@ -290,6 +395,8 @@ class Config:
     registry: RegistrySection = field(default_factory=RegistrySection)
     ingest: IngestSection = field(default_factory=IngestSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    gate: GateSection = field(default_factory=GateSection)
     sources: Mapping[str, SourceSpec] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceSpec:
@@ -327,6 +434,8 @@ _SECTIONS: dict[str, type] = {
     "registry": RegistrySection,
     "ingest": IngestSection,
     "features": FeaturesSection,
+    "train": TrainSection,
+    "gate": GateSection,
 }
 
 
