@@ -443,8 +443,85 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for row in rel.fetchall():
             table.add_row(*(str(v) for v in row))
         out.print(table)
+    _demo_features(cfg, data.transactions)
     out.print(f'Explore it: cd {root} && backline sql "SELECT * FROM batches"')
     return 0
+
+
+def _demo_features(cfg: Any, transactions: Any) -> None:
+    """Steps 6-8 of the demo: versioned features, a training set, an online read."""
+    import pyarrow as pa
+
+    from backline.features.history import get_historical_features
+    from backline.features.materialize import materialize
+    from backline.features.online import get_online_features
+    from backline.features.repository import apply, load_definitions
+
+    defs = load_definitions(cfg)
+    changes = [c for c in apply(cfg, defs) if c.action != "unchanged"]
+    out.print(
+        f"6. features     applied {len(changes)} definitions from features.py "
+        f"({len(defs.views)} views, {len(defs.on_demand)} on-demand, service fraud_v1)"
+    )
+    burst = transactions.filter(pa.compute.is_valid(transactions["card_id"])).slice(2000, 5)
+    entities = pa.table(
+        {
+            "card_id": burst["card_id"],
+            "merchant_id": burst["merchant_id"],
+            "amount": burst["amount"],
+            "event_timestamp": burst["event_time"],
+        }
+    )
+    train = get_historical_features(cfg, defs, "fraud_v1", entities)
+    shown = [
+        "card_id",
+        "event_timestamp",
+        "count_1h",
+        "amount_mean_7d",
+        "last_country",
+        "amount_to_mean_30d",
+    ]
+    table = Table(
+        *shown, title="7. a point-in-time training set (first rows)", title_justify="left"
+    )
+    for row in train.select(shown).to_pylist():
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    out.print(table)
+    end = (
+        transactions["event_time"]
+        .combine_chunks()
+        .filter(pa.compute.is_valid(transactions["event_time"]))
+    )
+    latest = max(t for t in end.to_pylist() if t.year < 2090)
+    result = materialize(cfg, defs, end=latest)
+    card, merchant = burst["card_id"][0].as_py(), burst["merchant_id"][0].as_py()
+    online = get_online_features(
+        cfg,
+        defs,
+        "fraud_v1",
+        [{"card_id": card, "merchant_id": merchant}],
+        request_rows=[{"amount": 250.0}],
+        at=latest,
+    )
+    out.print(
+        f"8. online       materialized {result.entities:,} entity values; "
+        f"`backline features get --service fraud_v1 card_id={card} merchant_id={merchant} --request amount=250`:"
+    )
+    values = online.to_dicts()[0]
+    table = Table("feature", "value", "status", box=None, padding=(0, 2))
+    for name in (
+        "count_10m",
+        "count_24h",
+        "amount_mean_30d",
+        "last_country",
+        "merchant_count_24h",
+        "amount_to_mean_30d",
+    ):
+        value = values[name]
+        table.add_row(
+            name, f"{value:.3f}" if isinstance(value, float) else str(value), online.status(0, name)
+        )
+    out.print(table)
 
 
 def _append_broken_lines(path: Path) -> None:
