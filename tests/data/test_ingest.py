@@ -345,3 +345,72 @@ def test_uncommitted_files_are_invisible_and_swept(cfg: Config, tmp_path: Path) 
     assert duckdb.sql(
         f"SELECT count(*) FROM read_parquet('{root}/source=transactions/**/*.parquet')"
     ).fetchall() == [(2,)]
+
+
+def test_key_index_files_are_committed_with_each_batch(cfg: Config, tmp_path: Path) -> None:
+    ingest(cfg, "transactions", write_csv(tmp_path / "a.csv", [row(i) for i in range(20)]))
+    store = OfflineStore.open(cfg)
+    hashes, unindexed = store.key_index("transactions")
+    assert len(hashes) == 20 and unindexed == []
+    assert list(np.sort(hashes)) == list(hashes)
+
+
+def test_hash_collisions_never_quarantine_a_new_key(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backline.data.ingest as ingest_module
+
+    monkeypatch.setattr(
+        ingest_module, "key_hashes", lambda table, spec: np.zeros(table.num_rows, dtype=np.uint64)
+    )
+    ingest(cfg, "transactions", write_csv(tmp_path / "a.csv", [row(i) for i in range(10)]))
+    result = ingest(
+        cfg, "transactions", write_csv(tmp_path / "b.csv", [row(i) for i in range(8, 14)])
+    )
+    assert result.rows_accepted == 4 and result.quarantine_reasons == {"duplicate_key": 2}
+
+
+def test_a_catalog_from_before_key_files_is_upgraded_and_still_deduplicates(
+    cfg: Config, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    ingest(cfg, "transactions", write_csv(tmp_path / "a.csv", [row(i) for i in range(10)]))
+    catalog = cfg.catalog_uri.path
+    root = cfg.store_uri("offline").path
+    with sqlite3.connect(catalog) as con:  # make it look like a version-1 catalog
+        con.executescript(
+            """
+            DELETE FROM batch_files WHERE kind = 'keys';
+            CREATE TABLE old (batch_id TEXT NOT NULL, kind TEXT NOT NULL
+                CHECK (kind IN ('data', 'quarantine', 'kept')), path TEXT NOT NULL, rows INTEGER NOT NULL);
+            INSERT INTO old SELECT * FROM batch_files; DROP TABLE batch_files;
+            ALTER TABLE old RENAME TO batch_files;
+            UPDATE meta SET value = '1' WHERE key = 'schema_version';
+            """
+        )
+    for f in (root / "keys").rglob("*.npy"):
+        f.unlink()
+    result = ingest(
+        cfg, "transactions", write_csv(tmp_path / "b.csv", [row(i) for i in range(5, 15)])
+    )
+    assert result.rows_accepted == 5 and result.quarantine_reasons == {"duplicate_key": 5}
+    with sqlite3.connect(catalog) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "2",
+        )
+    hashes, unindexed = OfflineStore.open(cfg).key_index("transactions")
+    assert len(hashes) == 5 and len(unindexed) == 1  # the old batch keeps working without one
+    assert query(cfg, "SELECT count(*) FROM transactions") == [(15,)]
+
+
+def test_a_catalog_from_a_newer_backline_is_refused(cfg: Config, tmp_path: Path) -> None:
+    import sqlite3
+
+    from backline.core.errors import StoreError
+
+    ingest(cfg, "transactions", write_csv(tmp_path / "a.csv", [row(1)]))
+    with sqlite3.connect(cfg.catalog_uri.path) as con:
+        con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer than this backline understands"):
+        OfflineStore.open(cfg)

@@ -17,11 +17,11 @@ import pytest
 
 from backline.core.config import Config
 from backline.core.errors import NotFoundError, SchemaError, StoreError, UsageError
+from backline.core.hashing import hash_values
 from backline.features import online
 from backline.features.definitions import Definitions
 from backline.features.materialize import materialize
 from backline.features.online import get_online_features, open_online_store
-from backline.features.online_hash import hash_values
 from backline.features.repository import load_definitions
 from tests.features.online_support import (
     T0,

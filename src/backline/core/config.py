@@ -163,7 +163,42 @@ class TrainSection:
     target_fpr: float = 0.01
     """False-positive rate at which recall is reported."""
 
+    weight_decay: float = 0.01
+    """AdamW weight decay (decoupled L2 on the weights)."""
+
+    warmup_steps: int = 100
+    """Steps of linear learning-rate warm-up before the cosine decay (capped at max_steps)."""
+
+    dropout: float = 0.0
+    """Dropout after each hidden layer; 0 turns it off. Seeded, so runs stay reproducible."""
+
+    min_category_count: int = 5
+    """A categorical value becomes a vocabulary entry only if the training split holds it at
+    least this often; rarer and unseen values share index 0 (unknown)."""
+
+    max_restarts: int = 3
+    """Under --nproc N, how often torchrun restarts the worker group after a worker dies; each
+    restart resumes from the newest good checkpoint."""
+
     def __post_init__(self) -> None:
+        for key in ("warmup_steps", "max_restarts"):
+            if getattr(self, key) < 0:
+                raise ConfigError(
+                    f"backline.toml: train.{key} = {getattr(self, key)} must be 0 or more."
+                )
+        if self.min_category_count < 1:
+            raise ConfigError(
+                f"backline.toml: train.min_category_count = {self.min_category_count} must be at "
+                "least 1."
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(
+                f"backline.toml: train.dropout = {self.dropout} must be at least 0 and below 1."
+            )
+        if self.weight_decay < 0:
+            raise ConfigError(
+                f"backline.toml: train.weight_decay = {self.weight_decay} must be 0 or more."
+            )
         if self.keep_checkpoints < 2:
             raise ConfigError(
                 f"backline.toml: train.keep_checkpoints = {self.keep_checkpoints}; keep at least 2, "

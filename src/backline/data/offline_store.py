@@ -3,6 +3,7 @@
 Layout under the store root (offline.uri):
 
     source=transactions/event_date=2026-01-01/part-<batch_id>-0.parquet   accepted rows
+    keys/source=transactions/part-<batch_id>.npy                          their key hashes
     quarantine/source=transactions/part-<batch_id>.parquet                rejected rows, with reasons
     quarantine/files/<batch_id>/<name>                                    unreadable files, kept whole
     _staging/<batch_id>/...                                               a batch being written
@@ -34,12 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import StoreError
 from backline.core.types import DUCKDB_TYPES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
@@ -59,7 +61,7 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE TABLE IF NOT EXISTS batch_files (
     batch_id TEXT NOT NULL REFERENCES batches(batch_id),
-    kind TEXT NOT NULL CHECK (kind IN ('data', 'quarantine', 'kept')),
+    kind TEXT NOT NULL CHECK (kind IN ('data', 'quarantine', 'kept', 'keys')),
     path TEXT NOT NULL,
     rows INTEGER NOT NULL
 );
@@ -127,6 +129,8 @@ class OfflineStore:
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) < SCHEMA_VERSION:
+                _migrate(con, int(row[0]))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"catalog {catalog} has schema version {row[0]}, newer than this backline "
@@ -182,6 +186,28 @@ class OfflineStore:
             rows = con.execute(query + " ORDER BY f.path", args).fetchall()
         return [self.root / r[0] for r in rows]
 
+    def key_index(self, source: str) -> tuple[np.ndarray, list[Path]]:
+        """(sorted key hashes of every committed batch that has a key file, data files of the
+        batches that have none: those written before key files existed)."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT f.batch_id, f.kind, f.path FROM batch_files f JOIN batches b "
+                "USING (batch_id) WHERE b.source = ? AND f.kind IN ('data', 'keys')",
+                (source,),
+            ).fetchall()
+        indexed = {batch for batch, kind, _ in rows if kind == "keys"}
+        parts = [np.load(self.root / path) for _, kind, path in rows if kind == "keys"]
+        unindexed = [
+            self.root / path
+            for batch, kind, path in rows
+            if kind == "data" and batch not in indexed
+        ]
+        if not parts:
+            hashes = np.zeros(0, dtype=np.uint64)
+        else:  # each part is sorted; one part needs no work
+            hashes = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+        return hashes, unindexed
+
     def sources(self) -> list[str]:
         with self._connect() as con:
             return [r[0] for r in con.execute("SELECT DISTINCT source FROM batches ORDER BY 1")]
@@ -233,7 +259,7 @@ class OfflineStore:
             removed.append("_staging")
         with self._connect() as con:
             owned = {r[0] for r in con.execute("SELECT path FROM batch_files")}
-        for folder in [*self.root.glob("source=*"), self.root / "quarantine"]:
+        for folder in [*self.root.glob("source=*"), self.root / "quarantine", self.root / "keys"]:
             if not folder.exists():
                 continue
             for path in folder.rglob("*"):
@@ -375,6 +401,25 @@ _BATCH_COLUMNS = (
     "batch_id, source, content_hash, input, rows_in, rows_accepted, rows_quarantined, "
     "quarantine_reasons, warnings, min_event_time, max_event_time, ingested_at"
 )
+
+
+def _migrate(con: sqlite3.Connection, version: int) -> None:
+    """Upgrade an older catalog in one transaction, keeping every row."""
+    steps = ["BEGIN IMMEDIATE;"]
+    if version < 2:  # v2: primary-key index files ('keys') beside each batch's data
+        steps.append(
+            "CREATE TABLE batch_files_v2 ("
+            " batch_id TEXT NOT NULL REFERENCES batches(batch_id),"
+            " kind TEXT NOT NULL CHECK (kind IN ('data', 'quarantine', 'kept', 'keys')),"
+            " path TEXT NOT NULL, rows INTEGER NOT NULL);"
+            "INSERT INTO batch_files_v2 SELECT * FROM batch_files;"
+            "DROP TABLE batch_files;"
+            "ALTER TABLE batch_files_v2 RENAME TO batch_files;"
+            "CREATE INDEX IF NOT EXISTS batch_files_by_batch ON batch_files(batch_id);"
+        )
+    steps.append(f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';")
+    steps.append("COMMIT;")
+    con.executescript("\n".join(steps))  # one script: executescript commits around itself
 
 
 def _batch(row: Sequence[object]) -> BatchRecord:

@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 
 from backline.core.config import SourceSpec
 from backline.core.errors import SchemaError, StoreError
+from backline.core.hashing import U64
 from backline.features.definitions import NUMERIC_AGGREGATES, FeatureView
-from backline.features.online_hash import U64
 
 I64 = npt.NDArray[np.int64]
 

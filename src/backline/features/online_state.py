@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from backline.core.config import SourceSpec
+from backline.core.hashing import U64, hash_rows, hash_values
 from backline.features.engines import Engine
 from backline.features.online_codec import (
     PlainCodec,
@@ -27,7 +28,6 @@ from backline.features.online_codec import (
     entity_key,
     storage_column,
 )
-from backline.features.online_hash import U64, hash_rows, hash_values
 
 
 def _quote(name: str) -> str:
