@@ -657,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     features.set_defaults(func=features_help)
 
+    from backline.registry.cli import add_commands as add_model_commands
+
+    add_model_commands(sub)
+
     p = sub.add_parser("doctor", help="check the config and that every store is reachable")
     p.set_defaults(func=cmd_doctor)
 

@@ -8,7 +8,8 @@
     ├── InputError                an input file or folder cannot be read at all
     ├── NotFoundError             a named thing (source, batch, file) does not exist
     ├── StoreError                a store exists but cannot be used (locked, unreachable)
-    └── DriftSpecError            a `--drift` spec does not parse
+    ├── DriftSpecError            a `--drift` spec does not parse
+    └── GateFailed                a model version did not pass (or never ran) its promotion gate
 
 Every message says what was wrong, which value it was, and how to fix it, e.g.:
     backline.toml: unknown key 'offline.urii'. Did you mean 'uri'? Valid keys: uri, catalog.
@@ -58,3 +59,9 @@ class StoreError(BacklineError):
 
 class DriftSpecError(BacklineError):
     """A drift specification for the generator does not parse."""
+
+
+class GateFailed(BacklineError):
+    """A model version has no passing gate: promotion is refused (or the gate itself failed)."""
+
+    http_status = 409
