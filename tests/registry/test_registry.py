@@ -195,7 +195,7 @@ def test_promote_needs_a_passing_gate(registry: Registry, files: dict[str, Path]
     # a gate run against no champion is stale once v1 is champion
     registry.record_gate("fraud", 2, gate(passed=True, champion=None))
     with pytest.raises(
-        UsageError, match="compared v2 with no champion, but the champion is now v1"
+        GateFailed, match="compared v2 with no champion, but the champion is now v1"
     ):
         registry.promote("fraud", 2, actor="a")
     registry.record_gate("fraud", 2, gate(passed=True, champion=1))
