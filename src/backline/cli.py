@@ -214,6 +214,55 @@ def _tables(cfg: Any) -> list[str]:
     return [*cfg.sources, "quarantine", "batches", "batch_stats"]
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from backline.pipeline.train import train_and_register
+
+    cfg = _config(args)
+    released = train_and_register(
+        cfg,
+        model_name=args.model,
+        service=args.service,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        nproc=args.nproc,
+        device=args.device,
+        progress=err.is_terminal and not args.json,
+    )
+    result, version, pkg = released.train, released.version, released.package
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": version.model,
+                    "version": version.version,
+                    "run_id": result.run_id,
+                    "steps": result.steps,
+                    "resumed_from": result.resumed_from,
+                    "metrics": dataclasses.asdict(result.metrics),
+                    "training_set_digest": result.training_set_digest,
+                    "served_variant": pkg.served,
+                },
+                default=str,
+            )
+        )
+        return 0
+    m = result.metrics
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+    out.print(
+        f"Trained run {result.run_id}: {result.steps} steps on {result.train_examples:,} examples "
+        f"({result.samples_per_second:,.0f} samples/s{resumed})"
+    )
+    out.print(
+        f"  holdout ({result.holdout_examples:,} examples, {m.positives} fraud): AUC-PR {m.auc_pr:.4f}, "
+        f"ROC-AUC {m.roc_auc:.4f}, recall@{m.target_fpr:.0%} FPR {m.recall_at_fpr:.4f}, ECE {m.ece:.4f}"
+    )
+    out.print(
+        f"Registered [bold]{version.model} v{version.version}[/] (served variant: {pkg.served}). "
+        f"Next: backline models gate {version.model} {version.version}"
+    )
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from backline.core.uris import check_reachable
 
@@ -656,6 +705,30 @@ def build_parser() -> argparse.ArgumentParser:
         return 2
 
     features.set_defaults(func=features_help)
+
+    p = sub.add_parser("train", help="train on a point-in-time training set and register the model")
+    p.add_argument("--service", help="feature service (default: train.service)")
+    p.add_argument(
+        "--max-steps",
+        type=_positive(int, "--max-steps"),
+        help="optimizer steps (default: train.max_steps)",
+    )
+    p.add_argument(
+        "--resume",
+        choices=("auto", "never"),
+        default="auto",
+        help="continue from the newest good checkpoint (auto)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=_positive(int, "--nproc"),
+        default=1,
+        help="workers through torchrun DDP (1)",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (cpu)")
+    p.add_argument("--model", default="fraud", help="registry model name (fraud)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_train)
 
     from backline.registry.cli import add_commands as add_model_commands
 

@@ -9,7 +9,9 @@
     ├── NotFoundError             a named thing (source, batch, file) does not exist
     ├── StoreError                a store exists but cannot be used (locked, unreachable)
     ├── DriftSpecError            a `--drift` spec does not parse
-    └── GateFailed                a model version did not pass (or never ran) its promotion gate
+    ├── GateFailed                a model version did not pass (or never ran) its promotion gate
+    ├── TrainingInterrupted       SIGTERM stopped training after a checkpoint; rerun to resume
+    └── TrainingFailed            training workers failed and torchrun gave up restarting them
 
 Every message says what was wrong, which value it was, and how to fix it, e.g.:
     backline.toml: unknown key 'offline.urii'. Did you mean 'uri'? Valid keys: uri, catalog.
@@ -65,3 +67,13 @@ class GateFailed(BacklineError):
     """A model version has no passing gate: promotion is refused (or the gate itself failed)."""
 
     http_status = 409
+
+
+class TrainingInterrupted(BacklineError):
+    """SIGTERM stopped training after a checkpoint; running the same command again resumes."""
+
+
+class TrainingFailed(BacklineError):
+    """The training workers failed and torchrun gave up restarting them."""
+
+    http_status = 500

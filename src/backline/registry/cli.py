@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from backline.core.config import Config
 from backline.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -73,6 +74,14 @@ def add_commands(subparsers: Any) -> argparse.ArgumentParser:
     _actor_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "gate", help="evaluate a version against the champion on the holdout; exit 1 if it fails"
+    )
+    p.add_argument("model", metavar="MODEL", help="model name")
+    p.add_argument("version", metavar="VERSION", help="version number or alias to evaluate")
+    _json_flag(p)
+    p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("rollback", help="move the champion back to the previous champion")
     p.add_argument("model", metavar="MODEL", help="model name")
@@ -290,6 +299,36 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return _print_event(event, args.json)
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    """Exit 0 when the gate passes and 1 when it fails, so CI can use it."""
+    from backline.registry.gate import gate_version
+    from backline.train.data import build_training_set
+
+    cfg = _config(args)
+    holdout = build_training_set(cfg, service=cfg.train.service).holdout
+    with _registry(args) as registry:
+        record = gate_version(cfg, registry, args.model, args.version, holdout)
+    if args.json:
+        _print_json(_jsonable(record))
+    else:
+        verdict = "[bold green]PASSED[/]" if record.passed else "[bold red]FAILED[/]"
+        against = f"v{record.champion_version}" if record.champion_version else "no champion"
+        out.print(
+            f"gate {verdict} for {escape(args.model)} {escape(str(args.version))} (against {against})"
+        )
+        table = Table("check", "value", "threshold", "result", "detail", box=None, padding=(0, 2))
+        for c in record.checks:
+            table.add_row(
+                escape(c.name),
+                f"{c.value:.6g}",
+                f"{c.threshold:.6g}",
+                "[green]pass[/]" if c.passed else "[red]fail[/]",
+                escape(c.detail),
+            )
+        out.print(table)
+    return 0 if record.passed else 1
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     with _registry(args) as registry:
         event = registry.rollback(args.model, actor=_actor(args), reason=args.reason)
@@ -374,13 +413,17 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     )
 
 
-def _registry(args: argparse.Namespace) -> Registry:
+def _config(args: argparse.Namespace) -> Config:
     from backline.core.config import find_project, load_config
-    from backline.registry.store import open_registry
 
     project = getattr(args, "project", None)
-    cfg = load_config(find_project(Path(project) if project else None))
-    return open_registry(cfg)
+    return load_config(find_project(Path(project) if project else None))
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    from backline.registry.store import open_registry
+
+    return open_registry(_config(args))
 
 
 def _actor(args: argparse.Namespace) -> str:

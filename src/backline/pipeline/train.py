@@ -1,0 +1,138 @@
+"""Train -> package -> register, and gate: the stages wired together for `backline train`.
+
+    released = train_and_register(cfg)                # a new registered model version
+    record = gate(cfg, "fraud", released.version.version)
+
+The training run (resumable, `backline.train`) produces weights and the preprocessing spec;
+the serving package (`backline.registry.export`) turns them into a pickle-free folder with its
+parity and latency measured; the registry records it as an immutable version with its lineage
+and the reference profile monitoring will compare live traffic with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from backline.core.config import Config
+from backline.core.errors import StoreError
+from backline.registry import open_registry
+from backline.registry.export import ServingPackage, load_package, package, read_package
+from backline.registry.lineage import Lineage, config_hash, git_commit, library_versions
+from backline.registry.profile import ReferenceProfile, profile_from_arrow
+from backline.registry.records import GateRecord, ModelVersion
+from backline.train.data import TrainingSet, build_training_set
+from backline.train.preprocess import Preprocessor
+from backline.train.run import TrainResult, load_model, run_training
+
+SCORE = "__score"
+
+
+@dataclass(frozen=True)
+class Released:
+    """What `backline train` made: the run, its serving package, the registered version."""
+
+    train: TrainResult
+    package: ServingPackage
+    version: ModelVersion
+
+
+def train_and_register(
+    cfg: Config,
+    *,
+    model_name: str = "fraud",
+    service: str | None = None,
+    max_steps: int | None = None,
+    resume: str = "auto",
+    nproc: int = 1,
+    device: str = "cpu",
+    actor: str | None = None,
+    progress: bool = True,
+) -> Released:
+    result = run_training(
+        cfg,
+        service=service,
+        max_steps=max_steps,
+        resume=resume,
+        nproc=nproc,
+        device=device,
+        progress=progress,
+    )
+    ts = _training_set(cfg, result)
+    model = load_model(result.run_dir)
+    pre = Preprocessor.from_json(result.preprocess_path.read_text())
+    folder = result.run_dir / "package"
+    pkg = (
+        read_package(folder)
+        if (folder / "package.json").exists()
+        else package(
+            model, pre, ts.holdout, folder, target_fpr=cfg.train.target_fpr, label_column=ts.label
+        )
+    )
+    lineage = Lineage(
+        training_set_digest=result.training_set_digest,
+        feature_versions=dict(result.feature_views),
+        data_start=ts.event_time_range[0],
+        data_end=ts.event_time_range[1],
+        code_commit=git_commit(cfg.root),
+        config_hash=config_hash(cfg),
+        library_versions=library_versions(),
+        metrics={
+            k: float(v)
+            for k, v in dataclasses.asdict(result.metrics).items()
+            if isinstance(v, int | float)
+        },
+        checkpoint_id=result.checkpoint.name,
+        reference_profile=_reference_profile(ts, folder),
+    )
+    with open_registry(cfg) as registry:
+        version = registry.register(
+            model_name,
+            pkg.artifacts(),
+            lineage,
+            actor=actor or _actor(),
+            description=f"run {result.run_id}: {result.steps} steps on {ts.train.num_rows:,} examples",
+        )
+    return Released(result, pkg, version)
+
+
+def gate(cfg: Config, model_name: str, version: int | str) -> GateRecord:
+    """Evaluate a version against the champion on the current holdout and record the result."""
+    from backline.registry.gate import gate_version
+
+    ts = build_training_set(cfg, service=cfg.train.service)
+    with open_registry(cfg) as registry:
+        return gate_version(cfg, registry, model_name, version, ts.holdout)
+
+
+def _training_set(cfg: Config, result: TrainResult) -> TrainingSet:
+    ts = build_training_set(cfg, service=result.service, cutoff=result.cutoff)
+    if ts.digest != result.training_set_digest:
+        raise StoreError(
+            f"the training set of run {result.run_id} cannot be rebuilt (digest {ts.digest[:12]} "
+            f"!= {result.training_set_digest[:12]}): the offline store or features changed since. "
+            "Train again to register a version."
+        )
+    return ts
+
+
+def _reference_profile(ts: TrainingSet, folder: Path) -> ReferenceProfile:
+    """Binned training distributions of every input feature and of the model's scores."""
+    features = [*ts.numeric_features, *ts.categorical_features]
+    scores = load_package(folder).score(ts.train)
+    table = ts.train.select(features).append_column(
+        SCORE, pa.array(np.asarray(scores, dtype=np.float64))
+    )
+    return profile_from_arrow(table, SCORE)
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # pragma: no cover - no user database in some containers
+        return "backline"

@@ -1,0 +1,1010 @@
+"""The serving package: one folder a server loads with torch alone, and no pickle anywhere.
+
+    pkg = package(model, pre, ts.holdout, Path("out/fraud-v3"), target_fpr=0.01, label_column="is_fraud")
+    pkg.variant("fp32").parity_max_abs        # measured against the training-time model
+    scorer = load_package(Path("out/fraud-v3"))
+    probs = scorer.score(table)               # float32 [N], from the raw feature columns
+
+The folder:
+
+    model.pt          TorchScript: the preprocessing math of preprocess.json, the vocabulary
+                      lookup and the network in one program. forward(numeric, categorical):
+                      numeric float64 [N, Dn] (NaN or inf = missing), categorical one list of
+                      N strings (or None) per categorical feature -> probabilities float32 [N]
+    model_int8.pt     the same with int8 dynamically quantized Linear layers; present only when
+                      it was INT8_MIN_SPEEDUP faster here at batch 1 and 256 AND lost at
+                      most INT8_MAX_AUC_PR_DROP AUC-PR
+    model.onnx        score_codes(numeric, codes) of model.pt for ONNX Runtime (vocabulary
+                      lookup outside: codes int64 [N, Dc] as in preprocess.json)
+    preprocess.json   the fitted preprocessing spec (see backline.train.preprocess)
+    signature.json    input columns, their types and order; the output
+    package.json      sha256 and size of every file, parity errors, AUC-PR, latencies, the int8
+                      decision and the machine it was measured on
+
+torch.jit.load reads TorchScript's own archive (code plus tensors), never arbitrary Python
+objects. torch.jit.script and torch.ao.quantization are deprecated in torch 2.13 but still
+work; the ONNX file is the torch-independent copy of the same computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import nn
+
+from backline.core.errors import InputError, SchemaError, WorkspaceError
+from backline.train.metrics import average_precision, recall_at_fpr
+from backline.train.preprocess import Preprocessor
+
+FORMAT = "backline.serving/1"
+SIGNATURE_FORMAT = "backline.signature/1"
+MODEL_FILE = "model.pt"
+INT8_FILE = "model_int8.pt"
+ONNX_FILE = "model.onnx"
+PREPROCESS_FILE = "preprocess.json"
+SIGNATURE_FILE = "signature.json"
+MANIFEST_FILE = "package.json"
+#: The ways a package can run its model.
+VARIANTS = ("fp32", "int8", "onnx")
+
+#: int8 is kept only if its holdout AUC-PR is at most this much below fp32's.
+INT8_MAX_AUC_PR_DROP = 0.005
+#: ... and only if its p50 latency is at least this fraction below fp32's at every batch size:
+#: a smaller gain is within the run-to-run noise of one machine (about 10% here).
+INT8_MIN_SPEEDUP = 0.10
+#: Largest |probability - training-time probability| each variant may show on the parity rows.
+FP32_TOLERANCE = 1e-6
+ONNX_TOLERANCE = 1e-5
+#: Batch sizes whose latency is measured: one request, and a full server batch.
+LATENCY_BATCHES = (1, 256)
+#: Holdout rows each variant also scores one at a time (with the edge rows), for parity.
+ALONE_ROWS = 2_000
+#: Turns the variants take while their latencies are measured.
+LATENCY_ROUNDS = 10
+#: Rows scored per call when a Scorer scores a large table.
+SCORE_CHUNK = 65_536
+
+
+# ---------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    name: str
+    sha256: str
+    size: int
+    """Bytes."""
+
+
+@dataclass(frozen=True)
+class Latency:
+    batch: int
+    p50_ms: float
+    p99_ms: float
+    runs: int
+    """Timed calls, taken in turns with the other variants (see LATENCY_ROUNDS)."""
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    """One way of running the model, measured on the machine that packaged it."""
+
+    name: str
+    """fp32 (model.pt), int8 (model_int8.pt) or onnx (model.onnx)."""
+    file: str
+    kept: bool
+    """Whether the file is in the package."""
+    entry: str
+    """What the latencies time, e.g. "forward(numeric, categorical)"."""
+    size_bytes: int
+    auc_pr: float
+    """On the holdout scored in batches of 256; NaN when it has no positive label."""
+    recall_at_fpr: float
+    """At the package's target_fpr, on the holdout scored in batches of 256."""
+    parity_max_abs: float
+    """Largest |probability - training-time probability| over the parity rows, scored in
+    batches of 256 and (up to ALONE_ROWS holdout rows and every edge row) one at a time."""
+    parity_tolerance: float
+    """The bound parity_max_abs must stay within (for int8: the measured value, as recorded)."""
+    batch_spread: float
+    """Largest |score of a row alone - its score in a batch of 256| over the rows scored alone:
+    float rounding for fp32 and ONNX; int8's dynamic quantization makes scores batch-dependent."""
+    latency: tuple[Latency, ...]
+
+    def at(self, batch: int) -> Latency:
+        for item in self.latency:
+            if item.batch == batch:
+                return item
+        raise KeyError(batch)
+
+
+@dataclass(frozen=True)
+class ServingPackage:
+    """A written serving package and everything measured while writing it (package.json)."""
+
+    root: Path
+    files: tuple[PackageFile, ...]
+    """Every file of the folder except package.json itself, sorted by name."""
+    variants: tuple[VariantReport, ...]
+    served: str
+    """The variant a server loads by default: int8 when it was kept, else fp32."""
+    int8_decision: str
+    """Why int8 was kept or dropped, with the numbers."""
+    reference_auc_pr: float
+    """AUC-PR of the training-time model (Python preprocessing + eager network) on the holdout."""
+    target_fpr: float
+    holdout_rows: int
+    holdout_positives: int
+    parity_rows: int
+    """Holdout rows plus generated edge rows (missing, unknown and extreme values)."""
+    environment: Mapping[str, str] = field(default_factory=dict)
+    """Library versions, CPU and thread counts the latencies were measured with."""
+
+    def file(self, name: str) -> PackageFile:
+        for item in self.files:
+            if item.name == name:
+                return item
+        raise InputError(
+            f"serving package {self.root} has no file {name!r}; it has "
+            f"{', '.join(f.name for f in self.files)}. Re-export it with `package`."
+        )
+
+    def variant(self, name: str) -> VariantReport:
+        for item in self.variants:
+            if item.name == name:
+                return item
+        raise InputError(
+            f"serving package {self.root} measured no variant {name!r}; it has "
+            f"{', '.join(v.name for v in self.variants)}."
+        )
+
+    def artifacts(self) -> dict[str, Path]:
+        """Every file, package.json included, by name: what to pass to `Registry.register`."""
+        names = [f.name for f in self.files] + [MANIFEST_FILE]
+        return {name: self.root / name for name in sorted(names)}
+
+    @property
+    def total_bytes(self) -> int:
+        """Size of the whole folder, package.json included: what ships to a server."""
+        return sum(f.size for f in self.files) + (self.root / MANIFEST_FILE).stat().st_size
+
+    @property
+    def latency_p99_ms(self) -> float:
+        """p99 of one request (batch 1) with the served variant."""
+        return self.variant(self.served).at(1).p99_ms
+
+
+# ---------------------------------------------------------------------------------------------
+# the programs
+
+
+class _Core(nn.Module):
+    """preprocess.json's numeric math, then the network, then a sigmoid.
+
+    Follows backline.train.preprocess exactly: float64 (v - mean) / std clipped to [-clip, clip],
+    0 where missing, cast to float32, then one missing indicator per feature.
+    """
+
+    if TYPE_CHECKING:  # buffers; TorchScript cannot read string annotations on the class
+        mean: torch.Tensor
+        std: torch.Tensor
+
+    def __init__(self, model: nn.Module, pre: Preprocessor) -> None:
+        super().__init__()
+        self.model = model
+        self.n_numeric = len(pre.numeric)
+        self.n_categorical = len(pre.categorical)
+        self.clip = float(pre.clip)
+        self.register_buffer(
+            "mean", torch.tensor([s.mean for s in pre.numeric], dtype=torch.float64)
+        )
+        self.register_buffer("std", torch.tensor([s.std for s in pre.numeric], dtype=torch.float64))
+
+    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        # numeric (N, Dn) float64, codes (N, Dc) int64 -> probabilities (N,) float32
+        finite = torch.isfinite(numeric)
+        z = torch.clamp((numeric - self.mean) / self.std, -self.clip, self.clip)
+        z = torch.where(finite, z, torch.zeros_like(z))
+        x_num = torch.cat([z.to(torch.float32), (~finite).to(torch.float32)], dim=1)  # (N, 2*Dn)
+        return torch.sigmoid(self.model(x_num, codes))
+
+
+class _Serving(nn.Module):
+    """The TorchScript program of model.pt: raw columns in, probabilities out."""
+
+    def __init__(self, core: nn.Module, pre: Preprocessor) -> None:
+        super().__init__()
+        self.core = core
+        self.n_numeric = len(pre.numeric)
+        # torch.jit.Attribute: TorchScript cannot infer the type of an empty list or dict
+        self.numeric_names = torch.jit.Attribute([s.name for s in pre.numeric], list[str])
+        self.categorical_names = torch.jit.Attribute([v.name for v in pre.categorical], list[str])
+        # index 0 is unknown, so value i of the vocabulary is i + 1 (as in preprocess.json)
+        self.vocabularies = torch.jit.Attribute(
+            [{value: i + 1 for i, value in enumerate(v.values)} for v in pre.categorical],
+            list[dict[str, int]],
+        )
+
+    @torch.jit.export
+    def encode(self, categorical: list[list[str | None]], n: int) -> torch.Tensor:
+        """Vocabulary indices int64 (n, Dc); None and unseen values are 0."""
+        if len(categorical) != len(self.vocabularies):
+            raise ValueError(
+                f"expected {len(self.vocabularies)} categorical columns, got {len(categorical)}"
+            )
+        out = torch.zeros((n, len(self.vocabularies)), dtype=torch.int64)
+        for k, vocabulary in enumerate(self.vocabularies):
+            column = categorical[k]
+            if len(column) != n:
+                raise ValueError(
+                    f"categorical column {self.categorical_names[k]} has {len(column)} values "
+                    f"for {n} rows"
+                )
+            codes: list[int] = []
+            for value in column:
+                codes.append(0 if value is None else vocabulary.get(value, 0))
+            out[:, k] = torch.tensor(codes, dtype=torch.int64)
+        return out
+
+    @torch.jit.export
+    def score_codes(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Probabilities from numeric values and vocabulary indices (what model.onnx computes)."""
+        return self.core(numeric.to(torch.float64), codes)
+
+    def forward(self, numeric: torch.Tensor, categorical: list[list[str | None]]) -> torch.Tensor:
+        # numeric (N, Dn) float64 raw values, categorical Dc lists of N -> probabilities (N,)
+        if numeric.dim() != 2 or numeric.size(1) != self.n_numeric:
+            raise ValueError(f"numeric must have shape (N, {self.n_numeric})")
+        codes = self.encode(categorical, numeric.size(0))
+        return self.core(numeric.to(torch.float64), codes)
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """torch 2.13 warns that TorchScript and torch.ao.quantization are deprecated, and the ONNX
+    exporter prints progress; neither is news to whoever calls package()."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs from a table
+
+
+def table_inputs(table: pa.Table, pre: Preprocessor) -> tuple[torch.Tensor, list[list[str | None]]]:
+    """The program's inputs from raw feature columns: numeric float64 [N, Dn] (null -> NaN,
+    booleans 0/1) and one list of strings (or None) per categorical feature."""
+    missing = [name for name in pre.feature_names if name not in table.column_names]
+    if missing:
+        raise SchemaError(
+            f"the table lacks feature column(s) {', '.join(map(repr, missing))} that the model "
+            f"expects (columns: {', '.join(table.column_names)}). Send every column of "
+            "signature.json."
+        )
+    numeric = np.empty((table.num_rows, len(pre.numeric)), dtype=np.float64)
+    for j, stats in enumerate(pre.numeric):
+        column = table.column(stats.name)
+        try:
+            values = column.cast(pa.float64()).fill_null(math.nan)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(
+                f"feature {stats.name!r} has type {column.type} whose values cannot be read as "
+                f"numbers ({exc}). Send numbers, booleans or nulls for it."
+            ) from None
+        numeric[:, j] = values.to_numpy()
+    categorical: list[list[str | None]] = []
+    for vocabulary in pre.categorical:
+        column = table.column(vocabulary.name)
+        try:
+            categorical.append(column.cast(pa.string()).to_pylist())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(
+                f"feature {vocabulary.name!r} has type {column.type} that cannot be read as text "
+                f"({exc}). Send strings or nulls for it."
+            ) from None
+    return torch.from_numpy(numeric), categorical
+
+
+def vocabulary_codes(categorical: Sequence[Sequence[str | None]], pre: Preprocessor) -> np.ndarray:
+    """The program's encode() in numpy: int64 [N, Dc], 0 for None or unseen values."""
+    n = len(categorical[0]) if categorical else 0
+    codes = np.zeros((n, len(pre.categorical)), dtype=np.int64)
+    for k, vocabulary in enumerate(pre.categorical):
+        index = pc.index_in(
+            pa.array(categorical[k], pa.string()),
+            value_set=pa.array(vocabulary.values, pa.string()),
+        )
+        codes[:, k] = np.asarray(index.fill_null(-1).to_numpy(), dtype=np.int64) + 1
+    return codes
+
+
+def label_array(table: pa.Table, label_column: str, what: str) -> np.ndarray:
+    if label_column not in table.column_names:
+        raise SchemaError(
+            f"the {what} has no label column {label_column!r} (columns: "
+            f"{', '.join(table.column_names)}). Pass label_column= the name train.label_column has."
+        )
+    column = table.column(label_column)
+    if column.null_count:
+        raise SchemaError(
+            f"the {what}'s label column {label_column!r} has {column.null_count} null value(s). "
+            "Keep only labelled rows."
+        )
+    try:
+        labels = np.asarray(column.cast(pa.float64()).to_numpy(), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise SchemaError(
+            f"the {what}'s label column {label_column!r} has type {column.type}. Use bool or 0/1."
+        ) from None
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise SchemaError(
+            f"the {what}'s label column {label_column!r} holds values other than 0 and 1. "
+            "Use bool or 0/1 labels."
+        )
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# package
+
+
+def package(
+    model: nn.Module,
+    preprocess_spec: Preprocessor,
+    holdout: pa.Table,
+    out_dir: Path,
+    *,
+    target_fpr: float,
+    label_column: str,
+    onnx: bool | None = None,
+    latency_runs: int = 200,
+) -> ServingPackage:
+    """Write the serving package of `model` to `out_dir` (new or empty) and measure it.
+
+    `onnx`: True requires the ONNX export (onnxscript, onnx and onnxruntime installed), False
+    skips it, None exports it when those libraries are installed.
+    """
+    pre = preprocess_spec
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise WorkspaceError(
+            f"{out_dir} already exists and is not an empty folder; a serving package is never "
+            "written over another. Pass a new folder."
+        )
+    if latency_runs < 10:
+        raise ValueError(f"latency_runs = {latency_runs}; time at least 10 calls")
+    labels = label_array(holdout, label_column, "holdout")
+    if onnx is None:
+        onnx = _onnx_available()
+    elif onnx and not _onnx_available():
+        raise WorkspaceError(
+            "ONNX export needs onnx, onnxscript and onnxruntime, which are not installed. "
+            'Install them (pip install "backline[dev]") or pass onnx=False.'
+        )
+
+    if not pre.feature_names:
+        raise SchemaError("the preprocess spec has no features; package a model that reads some.")
+    reference = _frozen_copy(model)
+    core = _Core(reference, pre).eval()
+    table_inputs(holdout.slice(0, 0), pre)  # a SchemaError naming any missing feature column
+    features = holdout.select(list(pre.feature_names))
+    parity_table = pa.concat_tables([features, _edge_rows(features, pre)])
+    expected = _reference_scores(reference, pre, parity_table)
+    holdout_rows = holdout.num_rows
+
+    work = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+    work.mkdir(parents=True)
+    try:
+        (work / PREPROCESS_FILE).write_text(pre.to_json(), encoding="utf-8")
+        (work / SIGNATURE_FILE).write_text(_signature_json(pre), encoding="utf-8")
+        with _quiet_torch():
+            torch.jit.save(_script(_Serving(core, pre)), str(work / MODEL_FILE))
+            quantized = torch.ao.quantization.quantize_dynamic(
+                _Core(_frozen_copy(model), pre).eval(), {nn.Linear}, dtype=torch.qint8
+            )
+            torch.jit.save(_script(_Serving(quantized, pre)), str(work / INT8_FILE))
+            if onnx:
+                _export_onnx(core, pre, parity_table, work / ONNX_FILE)
+        # measure what was written, loaded back the way a server loads it
+        scorers = {"fp32": _load_scorer(work, pre, "fp32"), "int8": _load_scorer(work, pre, "int8")}
+        if onnx:
+            scorers["onnx"] = _load_scorer(work, pre, "onnx")
+        # Each variant scores the parity rows in batches of 256, as a server would, and a
+        # sample of them alone (batch 1): int8's dynamic quantization scales activations by the
+        # batch's range, so its score for a row depends on the rows batched with it.
+        inputs = table_inputs(parity_table, pre)
+        alone_rows = _alone_sample(holdout_rows, parity_table.num_rows)
+        alone_inputs = (
+            inputs[0][alone_rows],
+            [[column[i] for i in alone_rows] for column in inputs[1]],
+        )
+        batched = {n: _score_batched(s, inputs, LATENCY_BATCHES[-1]) for n, s in scorers.items()}
+        alone = {n: _score_batched(s, alone_inputs, 1) for n, s in scorers.items()}
+        latencies = _measure_latency(scorers, parity_table, latency_runs)
+
+        reference_auc = _auc_pr(labels, expected[:holdout_rows])
+        variant_auc = {n: _auc_pr(labels, s[:holdout_rows]) for n, s in batched.items()}
+        parity = {
+            n: max(_max_abs(batched[n], expected), _max_abs(alone[n], expected[alone_rows]))
+            for n in scorers
+        }
+        spread = {n: _max_abs(alone[n], batched[n][alone_rows]) for n in scorers}
+        keep_int8, decision = _int8_decision(variant_auc, latencies)
+        if not keep_int8:
+            (work / INT8_FILE).unlink()
+
+        variants = []
+        for name, file in (("fp32", MODEL_FILE), ("int8", INT8_FILE), ("onnx", ONNX_FILE)):
+            if name not in scorers:
+                continue
+            tolerance = {"fp32": FP32_TOLERANCE, "onnx": ONNX_TOLERANCE}.get(name, parity[name])
+            variants.append(
+                VariantReport(
+                    name=name,
+                    file=file,
+                    kept=name != "int8" or keep_int8,
+                    entry=scorers[name].entry,
+                    size_bytes=scorers[name].size_bytes,
+                    auc_pr=variant_auc[name],
+                    recall_at_fpr=_recall(labels, batched[name][:holdout_rows], target_fpr),
+                    parity_max_abs=parity[name],
+                    batch_spread=spread[name],
+                    parity_tolerance=tolerance,
+                    latency=latencies[name],
+                )
+            )
+        result = ServingPackage(
+            root=out_dir,
+            files=tuple(
+                _describe(work / name)
+                for name in sorted(p.name for p in work.iterdir() if p.is_file())
+            ),
+            variants=tuple(variants),
+            served="int8" if keep_int8 else "fp32",
+            int8_decision=decision,
+            reference_auc_pr=reference_auc,
+            target_fpr=target_fpr,
+            holdout_rows=holdout_rows,
+            holdout_positives=int(labels.sum()),
+            parity_rows=parity_table.num_rows,
+            environment=_environment(),
+        )
+        (work / MANIFEST_FILE).write_text(_manifest_json(result), encoding="utf-8")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return result
+
+
+def _script(program: _Serving) -> torch.jit.ScriptModule:
+    try:
+        return torch.jit.script(program)
+    except Exception as exc:  # the TorchScript compiler raises several unrelated types
+        raise SchemaError(
+            f"the model cannot be compiled to TorchScript ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0]}). Keep its forward(x_num, x_cat) within what "
+            "torch.jit.script supports, as FraudMLP does."
+        ) from None
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy in eval mode without gradients, so packaging never touches the caller's model."""
+    copy = deepcopy(model)
+    copy.eval()
+    for param in copy.parameters():
+        param.requires_grad_(False)
+    return copy
+
+
+def _reference_scores(model: nn.Module, pre: Preprocessor, table: pa.Table) -> np.ndarray:
+    """What training computes: preprocessing in Python, the eager network, a sigmoid."""
+    x_num, x_cat = pre.transform(table)
+    try:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(x_num), torch.from_numpy(x_cat))
+    except (RuntimeError, IndexError, TypeError) as exc:
+        raise SchemaError(
+            f"the model cannot score the preprocessing's output (x_num {tuple(x_num.shape)}, "
+            f"x_cat {tuple(x_cat.shape)}): {str(exc).splitlines()[0]}. Package the model "
+            "with the preprocess spec it was trained with."
+        ) from None
+    if tuple(logits.shape) != (table.num_rows,):
+        raise SchemaError(
+            f"the model returns shape {tuple(logits.shape)} for {table.num_rows} rows; a serving "
+            "package needs one logit per row, shape (N,)."
+        )
+    return torch.sigmoid(logits).numpy().astype(np.float32)
+
+
+def _edge_rows(holdout: pa.Table, pre: Preprocessor) -> pa.Table:
+    """Rows that stress the preprocessing: nulls, NaN, infinities, huge and tiny numbers,
+    unknown, empty and known categories. Column types follow the holdout's."""
+    cases_float = [None, math.nan, math.inf, -math.inf, 1e308, -1e308, 5e-324, 0.0, 1e6]
+    cases_bool = [None, True, False]
+    n = max(len(cases_float), 4)
+    columns: dict[str, pa.Array] = {}
+    for j, stats in enumerate(pre.numeric):
+        kind = holdout.schema.field(stats.name).type
+        if pa.types.is_floating(kind):
+            cases: list[Any] = cases_float
+        elif pa.types.is_boolean(kind):
+            cases = cases_bool
+        else:  # integers: the extremes of the type, up to 2**53 (exact as float64)
+            low, high = _int_range(kind)
+            cases = [None, high, low, 0, 1]
+        values = [cases[(i + j) % len(cases)] for i in range(n)]
+        columns[stats.name] = pa.array(values, type=kind)
+    for k, vocabulary in enumerate(pre.categorical):
+        kind = holdout.schema.field(vocabulary.name).type
+        known = list(vocabulary.values[:2])
+        cat_cases: list[Any] = [None, "\u2400never-seen", "", *known]
+        if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
+            cat_cases = [None, *[_cast_or_none(v, kind) for v in known]]
+        values = [cat_cases[(i + k) % len(cat_cases)] for i in range(n)]
+        columns[vocabulary.name] = pa.array(values, type=kind)
+    return pa.table(columns).select(list(pre.feature_names)).cast(holdout.schema)
+
+
+def _int_range(kind: pa.DataType) -> tuple[int, int]:
+    bits = kind.bit_width
+    if pa.types.is_signed_integer(kind):
+        return max(-(2 ** (bits - 1)), -(2**53)), min(2 ** (bits - 1) - 1, 2**53)
+    return 0, min(2**bits - 1, 2**53)
+
+
+def _cast_or_none(value: str, kind: pa.DataType) -> Any:
+    try:
+        return pa.array([value]).cast(kind)[0].as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _export_onnx(core: nn.Module, pre: Preprocessor, sample: pa.Table, path: Path) -> None:
+    # the exporter logs a warning per torchvision operator it cannot register; none are used
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    numeric, categorical = table_inputs(sample.slice(0, max(2, min(sample.num_rows, 8))), pre)
+    codes = torch.from_numpy(vocabulary_codes(categorical, pre))
+    batch = torch.export.Dim("batch")
+    import onnx as onnx_lib
+
+    try:
+        torch.onnx.export(
+            core,
+            (numeric, codes),
+            str(path),
+            dynamo=True,
+            input_names=["numeric", "codes"],
+            output_names=["probability"],
+            dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}},
+            external_data=False,
+        )
+        onnx_lib.checker.check_model(str(path))
+    except Exception as exc:  # the exporter and the checker raise many types
+        raise SchemaError(
+            f"the model cannot be exported to ONNX ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0]}). Package it with onnx=False, or keep its "
+            "forward within what torch.export supports."
+        ) from None
+
+
+def _onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _auc_pr(labels: np.ndarray, scores: np.ndarray) -> float:
+    if labels.size == 0 or labels.sum() == 0:
+        return math.nan
+    return average_precision(labels, scores)
+
+
+def _recall(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> float:
+    if labels.size == 0:
+        return math.nan
+    return recall_at_fpr(labels, scores, target_fpr)[0]
+
+
+def _alone_sample(holdout_rows: int, total: int) -> np.ndarray:
+    """Rows scored one at a time: up to ALONE_ROWS holdout rows spread evenly, and every
+    generated edge row (those follow the holdout)."""
+    spaced = np.linspace(0, holdout_rows - 1, num=min(holdout_rows, ALONE_ROWS))
+    picked = np.unique(spaced.round().astype(np.int64))
+    return np.r_[picked, np.arange(holdout_rows, total, dtype=np.int64)]
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b), initial=0.0))
+
+
+def _score_batched(
+    scorer: Scorer, inputs: tuple[torch.Tensor, list[list[str | None]]], batch: int
+) -> np.ndarray:
+    numeric, categorical = inputs
+    parts = [
+        scorer.score_inputs(
+            numeric[start : start + batch],
+            [column[start : start + batch] for column in categorical],
+        )
+        for start in range(0, numeric.shape[0], batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def _measure_latency(
+    scorers: Mapping[str, Scorer], table: pa.Table, runs: int
+) -> dict[str, tuple[Latency, ...]]:
+    """p50 and p99 per variant and batch size.
+
+    The variants take turns in blocks of `runs / LATENCY_ROUNDS` calls, so a machine that gets
+    busier halfway slows them alike; blocks rather than single calls, because one runtime's
+    worker threads still busy from its last call would slow the next runtime's call.
+    """
+    out: dict[str, list[Latency]] = {name: [] for name in scorers}
+    block = max(1, runs // LATENCY_ROUNDS)
+    for batch in LATENCY_BATCHES:
+        rows = table.take(np.arange(batch) % table.num_rows)
+        calls = {name: scorer.prepared_call(rows) for name, scorer in scorers.items()}
+        timings: dict[str, list[int]] = {name: [] for name in calls}
+        with torch.inference_mode():
+            for done in range(0, runs, block):
+                for name, call in calls.items():
+                    for _ in range(3):  # warm-up: TorchScript specialises on the first calls
+                        call()
+                    for _ in range(min(block, runs - done)):
+                        start = time.perf_counter_ns()
+                        call()
+                        timings[name].append(time.perf_counter_ns() - start)
+        for name, ns in timings.items():
+            ms = np.asarray(ns, dtype=np.float64) / 1e6
+            p50, p99 = np.percentile(ms, [50, 99])
+            out[name].append(Latency(batch, float(p50), float(p99), runs))
+    return {name: tuple(items) for name, items in out.items()}
+
+
+def _int8_decision(
+    auc: Mapping[str, float], latency: Mapping[str, tuple[Latency, ...]]
+) -> tuple[bool, str]:
+    """(keep, why): keep only if int8's p50 is INT8_MIN_SPEEDUP below fp32's at every batch
+    size and its AUC-PR is at most INT8_MAX_AUC_PR_DROP below fp32's."""
+    pairs = list(zip(latency["int8"], latency["fp32"], strict=True))
+    faster = all(q.p50_ms <= (1 - INT8_MIN_SPEEDUP) * f.p50_ms for q, f in pairs)
+    speed = ", ".join(
+        f"batch {f.batch} p50 {q.p50_ms:.3f} ms vs fp32 {f.p50_ms:.3f} ms" for q, f in pairs
+    )
+    if math.isnan(auc["fp32"]) or math.isnan(auc["int8"]):
+        return (
+            False,
+            f"dropped: the holdout has no positive label, so the AUC-PR drop is unknown ({speed})",
+        )
+    drop = auc["fp32"] - auc["int8"]
+    accurate = drop <= INT8_MAX_AUC_PR_DROP
+    numbers = (
+        f"AUC-PR drop {drop:.5f} (limit {INT8_MAX_AUC_PR_DROP}); {speed} (needs "
+        f"{INT8_MIN_SPEEDUP:.0%} faster at each)"
+    )
+    if faster and accurate:
+        return True, f"kept: faster at every batch size and accurate enough: {numbers}"
+    reasons = [
+        r for r, bad in (("not faster", not faster), ("too inaccurate", not accurate)) if bad
+    ]
+    return False, f"dropped: {' and '.join(reasons)}: {numbers}"
+
+
+def _describe(path: Path) -> PackageFile:
+    return PackageFile(path.name, _sha256(path), path.stat().st_size)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _environment() -> dict[str, str]:
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "quantized_engine": str(torch.backends.quantized.engine),
+    }
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# package.json and signature.json
+
+
+def _signature_json(pre: Preprocessor) -> str:
+    doc = {
+        "format": SIGNATURE_FORMAT,
+        "inputs": {
+            "numeric": {
+                "columns": [s.name for s in pre.numeric],
+                "dtype": "float64",
+                "shape": ["batch", len(pre.numeric)],
+                "missing": "null, NaN, +inf and -inf are missing; booleans are 0/1",
+            },
+            "categorical": {
+                "columns": [v.name for v in pre.categorical],
+                "dtype": "string",
+                "layout": "one list per column, in this order, each with one value per row",
+                "unknown": "null and values outside the vocabulary are index 0",
+            },
+        },
+        "output": {"name": "probability", "dtype": "float32", "shape": ["batch"]},
+        "programs": {
+            MODEL_FILE: {
+                "forward": "(numeric float64 [N, Dn], categorical list[list[str | None]]) -> [N]",
+                "score_codes": "(numeric float64 [N, Dn], codes int64 [N, Dc]) -> [N]",
+                "encode": "(categorical list[list[str | None]], n int) -> codes int64 [N, Dc]",
+            },
+            ONNX_FILE: {
+                "inputs": {"numeric": "float64 [N, Dn]", "codes": "int64 [N, Dc]"},
+                "outputs": {"probability": "float32 [N]"},
+            },
+        },
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def _num(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _manifest_json(pkg: ServingPackage) -> str:
+    doc = {
+        "format": FORMAT,
+        "served": pkg.served,
+        "int8_decision": pkg.int8_decision,
+        "reference_auc_pr": _num(pkg.reference_auc_pr),
+        "target_fpr": pkg.target_fpr,
+        "holdout_rows": pkg.holdout_rows,
+        "holdout_positives": pkg.holdout_positives,
+        "parity_rows": pkg.parity_rows,
+        "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in pkg.files],
+        "variants": [
+            {
+                "name": v.name,
+                "file": v.file,
+                "kept": v.kept,
+                "entry": v.entry,
+                "size_bytes": v.size_bytes,
+                "auc_pr": _num(v.auc_pr),
+                "recall_at_fpr": _num(v.recall_at_fpr),
+                "parity_max_abs": v.parity_max_abs,
+                "parity_tolerance": v.parity_tolerance,
+                "batch_spread": v.batch_spread,
+                "latency": [
+                    {"batch": x.batch, "p50_ms": x.p50_ms, "p99_ms": x.p99_ms, "runs": x.runs}
+                    for x in v.latency
+                ],
+            }
+            for v in pkg.variants
+        ],
+        "environment": dict(pkg.environment),
+    }
+    return json.dumps(doc, indent=1, allow_nan=False) + "\n"
+
+
+def read_package(root: Path) -> ServingPackage:
+    """The ServingPackage recorded in ROOT/package.json (files are not verified here)."""
+    root = Path(root)
+    path = root / MANIFEST_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{root} is not a serving package: it has no {MANIFEST_FILE}. Pass the folder that "
+            "`package` wrote."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}). Re-export the package.") from None
+
+    def f(value: Any) -> float:
+        return math.nan if value is None else float(value)
+
+    try:
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
+        return ServingPackage(
+            root=root,
+            files=tuple(PackageFile(d["name"], d["sha256"], int(d["size"])) for d in doc["files"]),
+            variants=tuple(
+                VariantReport(
+                    name=v["name"],
+                    file=v["file"],
+                    kept=bool(v["kept"]),
+                    entry=v["entry"],
+                    size_bytes=int(v["size_bytes"]),
+                    auc_pr=f(v["auc_pr"]),
+                    recall_at_fpr=f(v["recall_at_fpr"]),
+                    parity_max_abs=float(v["parity_max_abs"]),
+                    parity_tolerance=float(v["parity_tolerance"]),
+                    batch_spread=float(v["batch_spread"]),
+                    latency=tuple(
+                        Latency(
+                            int(x["batch"]), float(x["p50_ms"]), float(x["p99_ms"]), int(x["runs"])
+                        )
+                        for x in v["latency"]
+                    ),
+                )
+                for v in doc["variants"]
+            ),
+            served=str(doc["served"]),
+            int8_decision=str(doc["int8_decision"]),
+            reference_auc_pr=f(doc["reference_auc_pr"]),
+            target_fpr=float(doc["target_fpr"]),
+            holdout_rows=int(doc["holdout_rows"]),
+            holdout_positives=int(doc["holdout_positives"]),
+            parity_rows=int(doc["parity_rows"]),
+            environment={str(k): str(v) for k, v in doc["environment"].items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(
+            f"{path} is not a valid serving manifest ({type(exc).__name__}: {exc}). Re-export "
+            "the package rather than editing it."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and scoring
+
+
+class Scorer:
+    """Scores Arrow tables of raw feature columns with one variant of a serving package."""
+
+    def __init__(
+        self,
+        root: Path,
+        pre: Preprocessor,
+        variant: str,
+        run: Callable[[torch.Tensor, list[list[str | None]]], np.ndarray],
+        entry: str,
+        size_bytes: int,
+    ) -> None:
+        self.root = root
+        self.preprocess = pre
+        self.variant = variant
+        self.entry = entry
+        self.size_bytes = size_bytes
+        self._run = run
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.preprocess.feature_names
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        """Probabilities float32 [N], one per row, in row order."""
+        parts = []
+        for start in range(0, table.num_rows, SCORE_CHUNK):
+            numeric, categorical = table_inputs(table.slice(start, SCORE_CHUNK), self.preprocess)
+            parts.append(self.score_inputs(numeric, categorical))
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def score_inputs(
+        self, numeric: torch.Tensor, categorical: list[list[str | None]]
+    ) -> np.ndarray:
+        """Probabilities float32 [N] from the program's inputs (see `table_inputs`)."""
+        return self._run(numeric, categorical)
+
+    def prepared_call(self, table: pa.Table) -> Callable[[], np.ndarray]:
+        """A call that scores `table` from inputs already taken out of Arrow (for timing)."""
+        numeric, categorical = table_inputs(table, self.preprocess)
+        return lambda: self._run(numeric, categorical)
+
+
+def load_package(root: Path, variant: str = "served", *, verify: bool = True) -> Scorer:
+    """A Scorer for the package in `root`: variant "served" (what package.json says a server
+    should load), "fp32", "int8" (only if it was kept) or "onnx" (needs onnxruntime)."""
+    root = Path(root)
+    manifest = read_package(root)
+    if verify:
+        for item in manifest.files:
+            path = root / item.name
+            if not path.is_file():
+                raise InputError(
+                    f"serving package {root} lacks {item.name}, which package.json lists. Copy "
+                    "the whole folder, or fetch it again from the registry."
+                )
+            actual = _sha256(path)
+            if actual != item.sha256:
+                raise InputError(
+                    f"{path} has sha256 {actual[:12]}..., but package.json records "
+                    f"{item.sha256[:12]}...; the file changed after packaging. Fetch it again."
+                )
+    pre = Preprocessor.from_json((root / PREPROCESS_FILE).read_text(encoding="utf-8"))
+    name = manifest.served if variant == "served" else variant
+    if name not in VARIANTS:
+        raise InputError(f"unknown serving variant {variant!r}. Use served, {', '.join(VARIANTS)}.")
+    report = next((v for v in manifest.variants if v.name == name), None)
+    if report is None or not report.kept:
+        why = (
+            manifest.int8_decision
+            if name == "int8"
+            else "it was packaged without ONNX (onnx=False, or onnx libraries not installed)"
+        )
+        raise InputError(
+            f'serving package {root} has no {name} model: {why}. Load "served" or "fp32".'
+        )
+    return _load_scorer(root, pre, name)
+
+
+def _load_scorer(root: Path, pre: Preprocessor, variant: str) -> Scorer:
+    if variant in ("fp32", "int8"):
+        path = root / (MODEL_FILE if variant == "fp32" else INT8_FILE)
+        with _quiet_torch():
+            program = torch.jit.load(str(path), map_location="cpu")
+        program.eval()
+
+        def run_torch(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
+            with torch.inference_mode():
+                return program(numeric, categorical).numpy()
+
+        entry = "forward(numeric, categorical)"
+        return Scorer(root, pre, variant, run_torch, entry, path.stat().st_size)
+    if variant == "onnx":
+        import onnxruntime
+
+        path = root / ONNX_FILE
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        # idle workers sleep instead of spinning, so they leave the cores to torch's threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+
+        def run_onnx(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
+            codes = vocabulary_codes(categorical, pre)
+            feed = {"numeric": numeric.numpy(), "codes": codes}
+            return np.asarray(session.run(["probability"], feed)[0])
+
+        entry = "vocabulary_codes + session.run(numeric, codes)"
+        return Scorer(root, pre, variant, run_onnx, entry, path.stat().st_size)
+    raise InputError(f"unknown serving variant {variant!r}. Use served, fp32, int8 or onnx.")

@@ -1,0 +1,122 @@
+"""Builders for the training tests: small synthetic tensors, fraud projects, worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from backline.core.config import Config, load_config
+from backline.core.workspace import init_project
+from backline.data.generator import GeneratorConfig, generate
+from backline.data.ingest import ingest
+from backline.features.repository import apply, load_definitions
+from backline.train.loop import FIT_RESULT, LOSS_LOG, FitResult, TensorData, TrainSpec
+from backline.train.model import ModelConfig
+
+GENERATED = GeneratorConfig(days=40, cards=300, seed=1)
+
+
+def synthetic_data(n: int = 1200, seed: int = 0) -> TensorData:
+    """A learnable problem: the label depends on two numeric inputs and one category."""
+    g = torch.Generator().manual_seed(seed)
+    x_num = torch.randn(n, 6, generator=g)
+    x_cat = torch.randint(0, 5, (n, 2), generator=g)
+    score = (
+        x_num[:, 0] - x_num[:, 1] + (x_cat[:, 0] == 1).float() + 0.5 * torch.randn(n, generator=g)
+    )
+    return TensorData(x_num, x_cat, (score > 1.0).float())
+
+
+def small_spec(**overrides: object) -> TrainSpec:
+    spec = TrainSpec(
+        model=ModelConfig(6, (5, 5), 4, (16, 8), dropout=0.1),
+        max_steps=300,
+        batch_size=32,
+        learning_rate=0.01,
+        pos_weight=2.0,
+        warmup_steps=20,
+        seed=7,
+        checkpoint_every=10,
+        keep_checkpoints=2,
+    )
+    return replace(spec, **overrides)  # type: ignore[arg-type]
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """One thread per process: reproducible numbers and no fight over the CPUs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    return env
+
+
+def worker_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "backline.train.worker", str(run_dir)]
+
+
+def run_worker(run_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        worker_command(run_dir),
+        env=worker_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def fit_result(run_dir: Path) -> FitResult:
+    return FitResult.from_json((run_dir / FIT_RESULT).read_text())
+
+
+def logged_step(run_dir: Path) -> int:
+    """The last step in the loss log (0 if none)."""
+    try:
+        data = (run_dir / LOSS_LOG).read_bytes()
+    except FileNotFoundError:
+        return 0
+    lines = data.split(b"\n")
+    complete = [line for line in lines[:-1] if line]
+    return int(complete[-1].split()[0]) if complete else 0
+
+
+def wait_for(predicate: object, timeout: float = 60.0, every: float = 0.002) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(every)
+
+
+def fraud_project(root: Path, *, labels: pa.Table | None = None, **train: object) -> Config:
+    """A project from the fraud example with generated transactions and labels ingested."""
+    project = init_project(root)
+    cfg = load_config(project, env={})
+    data = generate(GENERATED)
+    pq.write_table(data.transactions, project / "data" / "transactions.parquet")
+    pq.write_table(data.labels if labels is None else labels, project / "data" / "labels.parquet")
+    for source in ("transactions", "labels"):
+        result = ingest(cfg, source, project / "data" / f"{source}.parquet")
+        assert result.rows_quarantined == 0, result.quarantine_reasons
+    apply(cfg, load_definitions(cfg))
+    return with_train(cfg, **train)
+
+
+def with_train(cfg: Config, **train: object) -> Config:
+    return replace(cfg, train=replace(cfg.train, **train))  # type: ignore[arg-type]
+
+
+def generated_labels() -> pa.Table:
+    return generate(GENERATED).labels
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

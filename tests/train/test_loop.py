@@ -1,0 +1,153 @@
+"""The trainer in one process: data order, RNG capture, loss log, and resume after SIGTERM or
+damage ending bitwise where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backline.core.errors import ConfigError
+from backline.train.loop import LOSS_LOG, TrainingInterrupted, fit, prepare_run_dir
+from backline.train.state import (
+    DataOrder,
+    LossLog,
+    WarmupCosine,
+    read_loss_log,
+    rng_state,
+    set_rng_state,
+)
+
+from .helpers import logged_step, small_spec, synthetic_data, wait_for
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bytes]:
+    """An uninterrupted run: final parameter sha256 and its loss log."""
+    run = tmp_path_factory.mktemp("reference")
+    prepare_run_dir(run, small_spec(), synthetic_data())
+    result = fit(small_spec(), synthetic_data(), run, notify=lambda _: None)
+    assert result.steps == 300 and result.resumed_from is None
+    return result.parameter_sha256, (run / LOSS_LOG).read_bytes()
+
+
+def test_data_order_is_a_seeded_permutation_sharded_by_rank() -> None:
+    orders = [DataOrder(n=10, batch=2, world=2, rank=r, seed=5) for r in (0, 1)]
+    epoch0 = [np.concatenate([o.next() for o in orders]) for _ in range(2)]
+    seen = np.concatenate(epoch0)
+    assert len(set(seen.tolist())) == 8  # 2 steps x 4, no repeats; the last 2 are dropped
+    first = orders[0].next()  # a new epoch: a different permutation
+    assert (orders[0].epoch, orders[0].offset) == (1, 4)
+    again = DataOrder(n=10, batch=2, world=2, rank=0, seed=5, epoch=1, offset=0)
+    assert again.next().tolist() == first.tolist()
+    expected = np.random.default_rng([5, 0]).permutation(10)
+    assert epoch0[0].tolist() == expected[:4].tolist()
+    with pytest.raises(ConfigError, match=r"batch_size = 8 x 2 worker\(s\).*at most 5"):
+        DataOrder(n=10, batch=8, world=2, rank=0, seed=0)
+
+
+def test_rng_states_survive_a_weights_only_round_trip() -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    buffer = io.BytesIO()
+    torch.save(rng_state("cpu"), buffer)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    buffer.seek(0)
+    set_rng_state(torch.load(buffer, weights_only=True), "cpu")
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_warmup_then_cosine_to_the_floor() -> None:
+    f = WarmupCosine(warmup=4, total=104, floor=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(54) == pytest.approx(0.55) and f(104) == pytest.approx(0.1)
+
+
+def test_loss_log_is_cut_back_to_the_resume_step(tmp_path: Path) -> None:
+    path = tmp_path / LOSS_LOG
+    log = LossLog(path, 0)
+    for step in range(1, 6):
+        log.append(step, 1 / step)
+    log.close()
+    with open(path, "ab") as f:
+        f.write(b"6 0x1.5")  # torn by a kill
+    LossLog(path, 3).close()
+    assert read_loss_log(path) == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+
+
+def test_finished_run_resumes_at_the_end_without_training(
+    tmp_path: Path, reference: tuple[str, bytes]
+) -> None:
+    prepare_run_dir(tmp_path, small_spec(), synthetic_data())
+    first = fit(small_spec(), synthetic_data(), tmp_path)
+    again = fit(small_spec(), synthetic_data(), tmp_path)
+    assert first.parameter_sha256 == again.parameter_sha256 == reference[0]
+    assert again.resumed_from == 300 and again.checkpoints_written == 0
+    assert (tmp_path / LOSS_LOG).read_bytes() == reference[1]
+
+
+def test_sigterm_checkpoints_then_resume_is_bitwise(
+    tmp_path: Path, reference: tuple[str, bytes]
+) -> None:
+    interrupted_at = _train_until_sigterm(tmp_path, at_step=137)
+    assert interrupted_at >= 137
+    assert (tmp_path / "checkpoints" / f"step-{interrupted_at:09d}").is_dir()
+    notes: list[str] = []
+    result = fit(small_spec(), synthetic_data(), tmp_path, notify=notes.append)
+    assert result.resumed_from == interrupted_at and notes == []
+    assert result.parameter_sha256 == reference[0]
+    assert (tmp_path / LOSS_LOG).read_bytes() == reference[1]
+
+
+def test_damaged_newest_checkpoint_falls_back_and_still_matches(
+    tmp_path: Path, reference: tuple[str, bytes]
+) -> None:
+    step = _train_until_sigterm(tmp_path, at_step=95)
+    newest = tmp_path / "checkpoints" / f"step-{step:09d}" / "model.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    notes: list[str] = []
+    result = fit(small_spec(), synthetic_data(), tmp_path, notify=notes.append)
+    assert result.resumed_from is not None and result.resumed_from < step
+    assert any("is damaged" in n and "bytes" in n for n in notes)
+    assert result.parameter_sha256 == reference[0]
+    assert (tmp_path / LOSS_LOG).read_bytes() == reference[1]
+
+
+def test_no_good_checkpoint_trains_from_scratch_with_a_message(
+    tmp_path: Path, reference: tuple[str, bytes]
+) -> None:
+    _train_until_sigterm(tmp_path, at_step=45)
+    for folder in (tmp_path / "checkpoints").glob("step-*"):
+        (folder / "manifest.json").unlink()
+    notes: list[str] = []
+    result = fit(small_spec(), synthetic_data(), tmp_path, notify=notes.append)
+    assert result.resumed_from is None
+    assert any("no usable checkpoint" in n and "training from step 0" in n for n in notes)
+    assert result.parameter_sha256 == reference[0]
+    assert (tmp_path / LOSS_LOG).read_bytes() == reference[1]
+
+
+def _train_until_sigterm(run: Path, at_step: int) -> int:
+    """Train in this process and send ourselves SIGTERM once the log reaches `at_step`."""
+    prepare_run_dir(run, small_spec(), synthetic_data())
+
+    def send() -> None:
+        wait_for(lambda: logged_step(run) >= at_step, every=0.0005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    with pytest.raises(
+        TrainingInterrupted, match=r"stopped by SIGTERM at step (\d+) of 300"
+    ) as info:
+        fit(small_spec(), synthetic_data(), run)
+    sender.join()
+    return int(str(info.value).split("at step ")[1].split()[0])
