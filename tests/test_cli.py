@@ -125,13 +125,24 @@ def test_every_command_has_help() -> None:
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = run(
-        "demo", "--dir", str(tmp_path / "demo"), "--cards", "300", "--days", "10", cwd=tmp_path
+        "demo",
+        "--dir",
+        str(tmp_path / "demo"),
+        "--cards",
+        "600",
+        "--days",
+        "24",
+        "--steps",
+        "60",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     for expected in (
         "ingested     transactions",
         "fraud by channel",
         "invalid_encoding",
+        "9. trained",
+        "10. gate",
         "malformed_row",
     ):
         assert expected in proc.stdout, expected

@@ -493,8 +493,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
             table.add_row(*(str(v) for v in row))
         out.print(table)
     _demo_features(cfg, data.transactions)
-    out.print(f'Explore it: cd {root} && backline sql "SELECT * FROM batches"')
+    _demo_training(cfg, args.steps)
+    out.print(
+        f'Explore it: cd {root} && backline sql "SELECT * FROM batches" && '
+        "backline models show fraud@champion"
+    )
     return 0
+
+
+def _demo_training(cfg: Any, steps: int) -> None:
+    """Steps 9-10 of the demo: train and register a model, gate it, promote it."""
+    from backline.pipeline.train import gate, train_and_register
+    from backline.registry import open_registry
+
+    released = train_and_register(cfg, max_steps=steps, progress=err.is_terminal)
+    m, version = released.train.metrics, released.version
+    out.print(
+        f"9. trained      {released.train.steps} steps on {released.train.train_examples:,} "
+        f"point-in-time examples; holdout AUC-PR {m.auc_pr:.3f}, ROC-AUC {m.roc_auc:.3f}, "
+        f"recall {m.recall_at_fpr:.3f} at {m.target_fpr:.0%} FPR -> registered "
+        f"{version.model} v{version.version} (serving package: {released.package.served})"
+    )
+    record = gate(cfg, version.model, version.version)
+    verdict = "passed" if record.passed else "failed"
+    checks = ", ".join(f"{c.name} {'ok' if c.passed else 'FAIL'}" for c in record.checks)
+    out.print(f"10. gate       {verdict}: {checks}")
+    if record.passed:
+        with open_registry(cfg) as registry:
+            registry.promote(version.model, version.version, actor="demo", reason="demo run")
+        out.print(f"    promoted   {version.model} v{version.version} is the champion")
 
 
 def _demo_features(cfg: Any, transactions: Any) -> None:
@@ -746,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="random seed (7)")
     p.add_argument(
         "--keep", dest="fresh", action="store_false", help="keep an existing demo folder"
+    )
+    p.add_argument(
+        "--steps", type=_positive(int, "--steps"), default=300, help="training steps (300)"
     )
     p.set_defaults(func=cmd_demo)
     return parser
