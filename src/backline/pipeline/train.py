@@ -22,10 +22,11 @@ import pyarrow as pa
 from backline.core.config import Config
 from backline.core.errors import StoreError
 from backline.registry import open_registry
-from backline.registry.export import ServingPackage, load_package, package, read_package
+from backline.registry.export import package
 from backline.registry.lineage import Lineage, config_hash, git_commit, library_versions
 from backline.registry.profile import ReferenceProfile, profile_from_arrow
 from backline.registry.records import GateRecord, ModelVersion
+from backline.registry.serving import ServingPackage, load_package, read_package
 from backline.train.data import TrainingSet, build_training_set
 from backline.train.preprocess import Preprocessor
 from backline.train.run import TrainResult, load_model, run_training

@@ -39,8 +39,8 @@ import pyarrow as pa
 
 from backline.core.config import Config, GateSection
 from backline.core.errors import NotFoundError, SchemaError
-from backline.registry.export import MANIFEST_FILE, label_array, load_package, read_package
 from backline.registry.records import GateCheck, GateRecord
+from backline.registry.serving import MANIFEST_FILE, label_array, load_package, read_package
 from backline.train.metrics import average_precision, recall_at_fpr
 
 if TYPE_CHECKING:  # the registry store needs SQLAlchemy; evaluate_gate does not
