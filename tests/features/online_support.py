@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from backline.core.config import Config, load_config
 from backline.core.workspace import init_project
+from backline.data.generator import TRANSACTIONS_SCHEMA
 from backline.data.ingest import IngestResult, ingest
 from backline.features.definitions import Definitions
 from backline.features.online_store import open_online_store
@@ -136,20 +137,7 @@ def tx(
     }
 
 
-SCHEMA = pa.schema(
-    [
-        ("transaction_id", pa.string()),
-        ("card_id", pa.string()),
-        ("merchant_id", pa.string()),
-        ("merchant_category", pa.string()),
-        ("amount", pa.float64()),
-        ("currency", pa.string()),
-        ("country", pa.string()),
-        ("channel", pa.string()),
-        ("device_id", pa.string()),
-        ("event_time", pa.timestamp("us", tz="UTC")),
-    ]
-)
+SCHEMA = TRANSACTIONS_SCHEMA  # the source the fraud example declares
 
 
 def table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
