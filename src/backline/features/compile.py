@@ -79,6 +79,24 @@ _SQL_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One view's point-in-time query: what every plan below needs."""
+
+    dialect: Dialect
+    view: FeatureView
+    features: tuple[str, ...]
+    source: SourceSpec
+    entities: str
+    events: str
+    t: str
+    """The source's event time in µs, as SQL."""
+    low: int
+    high: int
+    key_cols: str
+    """The view's join keys, quoted and comma-separated."""
+
+
 def view_sql(
     dialect: Dialect,
     view: FeatureView,
@@ -95,29 +113,30 @@ def view_sql(
     view's source relation. Only events with time in `event_bounds` (µs, inclusive) are read.
     """
     q = dialect.quote
-    keys = view.join_keys
-    t = dialect.epoch_us(q(source.event_time))
     low, high = event_bounds
-    key_cols = ", ".join(q(k) for k in keys)
+    job = _Job(
+        dialect,
+        view,
+        features,
+        source,
+        entities,
+        events,
+        t=dialect.epoch_us(q(source.event_time)),
+        low=low,
+        high=high,
+        key_cols=", ".join(q(k) for k in view.join_keys),
+    )
     if view.is_aggregate:
-        return _aggregate_sql(
-            dialect, view, features, source, entities, events, t, low, high, key_cols
-        )
-    return _plain_sql(dialect, view, features, source, entities, events, t, low, high, key_cols)
+        return _aggregate_sql(job)
+    if dialect.name == "duckdb":
+        return _plain_asof_sql(job)
+    return _plain_sql(job)
 
 
-def _aggregate_sql(
-    dialect: Dialect,
-    view: FeatureView,
-    features: tuple[str, ...],
-    source: SourceSpec,
-    entities: str,
-    events: str,
-    t: str,
-    low: int,
-    high: int,
-    key_cols: str,
-) -> str:
+def _aggregate_sql(job: _Job) -> str:
+    dialect, view, features, source = job.dialect, job.view, job.features, job.source
+    entities, events, t, low, high = job.entities, job.events, job.t, job.low, job.high
+    key_cols = job.key_cols
     q = dialect.quote
     chosen = [a for a in view.aggregates if a.feature in features]
     columns = sorted({a.column for a in chosen if a.column is not None})
@@ -172,20 +191,10 @@ def _aggregate(dialect: Dialect, agg: Aggregate, over: str) -> str:
     return f"{windowed} {over}"
 
 
-def _plain_sql(
-    dialect: Dialect,
-    view: FeatureView,
-    features: tuple[str, ...],
-    source: SourceSpec,
-    entities: str,
-    events: str,
-    t: str,
-    low: int,
-    high: int,
-    key_cols: str,
-) -> str:
-    if dialect.name == "duckdb":
-        return _plain_asof_sql(dialect, view, features, source, entities, events, t, low, high)
+def _plain_sql(job: _Job) -> str:
+    dialect, view, features, source = job.dialect, job.view, job.features, job.source
+    entities, events, t, low, high = job.entities, job.events, job.t, job.low, job.high
+    key_cols = job.key_cols
     q = dialect.quote
     chosen = [f for f in view.fields if f.feature in features]
     types = {c.name: c.type for c in source.columns}
@@ -230,17 +239,7 @@ def _plain_sql(
     )
 
 
-def _plain_asof_sql(
-    dialect: Dialect,
-    view: FeatureView,
-    features: tuple[str, ...],
-    source: SourceSpec,
-    entities: str,
-    events: str,
-    t: str,
-    low: int,
-    high: int,
-) -> str:
+def _plain_asof_sql(job: _Job) -> str:
     """DuckDB's ASOF join for latest values: the same answer as the window plan, faster.
 
     1. Narrow: events are reduced to one per (key, time), the one ingested last (then the
@@ -252,10 +251,12 @@ def _plain_asof_sql(
     Spark, which has no ASOF join, keeps the window plan, and a test holds the two to the
     same answers.
     """
+    dialect, view, features, source = job.dialect, job.view, job.features, job.source
+    entities, events, t, low, high = job.entities, job.events, job.t, job.low, job.high
     q = dialect.quote
     chosen = [f for f in view.fields if f.feature in features]
     keys = view.join_keys
-    key_cols = ", ".join(q(k) for k in keys)
+    key_cols = job.key_cols
     tie = ", ".join(f"{q(k)} DESC" for k in source.primary_key)
     winners = (
         f"SELECT {key_cols}, {t} AS {TIME}, __file, __file_row FROM {events} "
