@@ -428,3 +428,58 @@ def test_nanosecond_entity_times_are_accepted(tmp_path: Path) -> None:
     )
     got = get_historical_features(cfg, load_definitions(cfg), "svc", ns).to_pylist()[0]
     assert got["count_10m"] == 1 and got["ratio"] == 0.5
+
+
+_BEFORE = {  # offsets before F, in the precision's unit, that must not see the row stamped F
+    "s": [1, 60],
+    "ms": [1, 999],
+    "us": [1, 999_999],
+    "ns": [1, 499, 500, 501, 999, 1000, 1001],
+}
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("as_file", [False, True])
+def test_entity_times_of_every_precision_never_read_a_future_row(
+    tmp_path: Path, unit: str, as_file: bool
+) -> None:
+    """An entity at F - 1 ns (or F - 499 ns) must not get the row stamped F: entity times are
+    truncated toward the past to microseconds, never rounded to the nearest one."""
+    cfg = make_project(tmp_path / "p")
+    f = T0 + timedelta(minutes=5)
+    events = [
+        {"id": 1, "card": "card_0000001", "t": T0, "amount": 4.0, "country": "US", "device": "a"},
+        {"id": 2, "card": "card_0000001", "t": f, "amount": 8.0, "country": "FR", "device": "b"},
+    ]
+    load_events(cfg, events)
+    scale = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    f_units = int(f.timestamp()) * scale
+    stamps = [f_units - d for d in _BEFORE[unit]] + [f_units, f_units + 1]
+    frame = pa.table(
+        {
+            "card_id": ["card_0000001"] * len(stamps),
+            "event_timestamp": pa.array(stamps, pa.int64()).cast(pa.timestamp(unit, tz="UTC")),
+            "amount": [2.0] * len(stamps),
+        }
+    )
+    defs = load_definitions(cfg)
+    if as_file:
+        path = tmp_path / "entities.parquet"
+        pq.write_table(frame, path)
+        write_historical_features(cfg, defs, "svc", path, tmp_path / "out.parquet")
+        out = pq.read_table(tmp_path / "out.parquet")
+    else:
+        out = get_historical_features(cfg, defs, "svc", frame)
+    times = out.column("event_timestamp").cast(pa.timestamp(unit, tz="UTC")).cast(pa.int64())
+    assert times.to_pylist() == stamps, "input order"
+    got = out.select(["count_10m", "last_amount", "amount_sum_1h"]).to_pylist()
+    before = len(_BEFORE[unit])
+    for i, row in enumerate(got):
+        if i < before:
+            assert (row["count_10m"], row["last_amount"], row["amount_sum_1h"]) == (1, 4.0, 4.0), (
+                unit,
+                _BEFORE[unit][i],
+                row,
+            )
+        else:
+            assert (row["count_10m"], row["last_amount"], row["amount_sum_1h"]) == (2, 8.0, 12.0)

@@ -305,6 +305,46 @@ def test_clear_errors(loaded: Any) -> None:
         )
 
 
+def test_unknown_keys_and_fields_are_named_with_a_suggestion(loaded: Any) -> None:
+    """A typo in a join key or a request field must not be ignored (it would read another
+    entity, or NaN, silently)."""
+    cfg, defs, _ = loaded
+    entity = {"card_id": CARD, "merchant_id": "m_000001"}
+    amount = [{"amount": 1.0}]
+    with pytest.raises(
+        UsageError,
+        match=r"key 'card_idd', which service 'test_v1' does not use\. Did you mean 'card_id'\? "
+        r"Its join keys: card_id, merchant_id; its request fields: amount\.",
+    ):
+        get_online_features(
+            cfg, defs, "test_v1", [{**entity, "card_idd": OTHER}], request_rows=amount, at=T0
+        )
+    with pytest.raises(UsageError, match=r"field 'amout'.*Did you mean 'amount'\?"):
+        get_online_features(
+            cfg, defs, "test_v1", [entity], request_rows=[{"amount": 1.0, "amout": 2}], at=T0
+        )
+    with pytest.raises(UsageError, match=r"request field 'amount' among its join keys.*--request"):
+        get_online_features(
+            cfg, defs, "test_v1", [{**entity, "amount": 1.0}], request_rows=[{}], at=T0
+        )
+    with pytest.raises(UsageError, match=r"join key 'card_id'.*without --request"):
+        get_online_features(
+            cfg, defs, "test_v1", [entity], request_rows=[{"amount": 1.0, "card_id": CARD}], at=T0
+        )
+    with pytest.raises(UsageError, match=r"entity row 0 has no 'card_id'.*card_id, merchant_id"):
+        get_online_features(
+            cfg, defs, "test_v1", [{"merchant_id": "m_000001"}], request_rows=amount, at=T0
+        )
+    with pytest.raises(UsageError, match=r"--request amount=VALUE") as missing:
+        get_online_features(cfg, defs, "test_v1", [entity], request_rows=[{}], at=T0)
+    assert "request_rows" not in str(missing.value)
+    # without request_rows, request fields ride in the entity rows; still no unknown key
+    got = get_online_features(cfg, defs, "test_v1", [{**entity, "amount": 70.0}], at=T0)
+    assert got.status(0, "amount_ratio") == "ok"
+    with pytest.raises(UsageError, match=r"'amont'.*Did you mean 'amount'"):
+        get_online_features(cfg, defs, "test_v1", [{**entity, "amont": 70.0}], at=T0)
+
+
 def test_unapplied_definitions_are_refused(tmp_path: Path) -> None:
     cfg, _ = make_project(tmp_path / "p")
     features = cfg.root / "features.py"

@@ -25,7 +25,7 @@ from typing import Any, overload
 import numpy as np
 import pyarrow as pa
 
-from backline.core.config import Config
+from backline.core.config import Config, _suggest
 from backline.core.errors import SchemaError, UsageError
 from backline.features.definitions import Definitions
 from backline.features.online_codec import (
@@ -273,19 +273,68 @@ def clear_caches() -> None:
         _plans.clear()
 
 
-def _key_value(row: Mapping[str, Any], column: str, i: int, plan: _Plan) -> Any:
-    try:
-        return row[column]
-    except KeyError:
-        raise UsageError(
-            f"entity row {i} has no {column!r}; service {plan.service!r} needs "
-            f"{', '.join(plan.entity_columns)} in every entity row."
-        ) from None
-    except TypeError:
-        raise UsageError(
-            f"entity row {i} is a {type(row).__name__}, not a dict; pass entity_rows as a list "
-            "of dicts such as {'card_id': 'card_0000001'}."
-        ) from None
+def _check_rows(
+    plan: _Plan,
+    entity_rows: Sequence[Mapping[str, Any]],
+    request_rows: Sequence[Mapping[str, Any]] | None,
+) -> None:
+    """Every entity row has the service's join keys and nothing it does not use; every
+    request row only request fields. A typo must not read another entity silently."""
+    keys = set(plan.entity_columns)
+    fields = set(plan.request_fields)
+    allowed = keys if request_rows is not None else keys | fields
+    for i, row in enumerate(entity_rows):
+        if not isinstance(row, Mapping):
+            raise UsageError(
+                f"entity row {i} is a {type(row).__name__}, not a mapping of join key to value "
+                "such as {'card_id': 'card_0000001'}."
+            )
+        for name in row:
+            if name not in allowed:
+                raise _unknown_key(plan, str(name), i, request_rows is None)
+        for name in plan.entity_columns:
+            if name not in row:
+                raise UsageError(
+                    f"entity row {i} has no {name!r}; service {plan.service!r} needs the join "
+                    f"keys {', '.join(plan.entity_columns)} for every entity."
+                )
+    for i, row in enumerate(request_rows or ()):
+        if not isinstance(row, Mapping):
+            raise UsageError(
+                f"request row {i} is a {type(row).__name__}, not a mapping of request field to "
+                "value such as {'amount': 12.5}."
+            )
+        for name in row:
+            if name not in fields:
+                raise _unknown_field(plan, str(name), i)
+
+
+def _unknown_key(plan: _Plan, name: str, i: int, with_fields: bool) -> UsageError:
+    options = [*plan.entity_columns, *(plan.request_fields if with_fields else ())]
+    if name in plan.request_fields:
+        return UsageError(
+            f"entity row {i} has the request field {name!r} among its join keys; give it as a "
+            f"request field (on the command line: --request {name}=VALUE)."
+        )
+    fields = ", ".join(plan.request_fields) or "none"
+    return UsageError(
+        f"entity row {i} has the key {name!r}, which service {plan.service!r} does not use."
+        f"{_suggest(name, options)} Its join keys: {', '.join(plan.entity_columns)}; its "
+        f"request fields: {fields}."
+    )
+
+
+def _unknown_field(plan: _Plan, name: str, i: int) -> UsageError:
+    if name in plan.entity_columns:
+        return UsageError(
+            f"request row {i} has the join key {name!r}; give it as an entity key (on the "
+            f"command line: {name}=VALUE, without --request)."
+        )
+    fields = ", ".join(plan.request_fields) or "none"
+    return UsageError(
+        f"request row {i} has the field {name!r}, which service {plan.service!r} does not use."
+        f"{_suggest(name, list(plan.request_fields))} Its request fields: {fields}."
+    )
 
 
 def _as_float(value: Any, what: str) -> float:
@@ -326,9 +375,8 @@ def get_online_features(
             "request row per entity row."
         )
 
-    entities = []
-    for i, row in enumerate(entity_rows):
-        entities.append(tuple(_key_value(row, c, i, plan) for c in plan.entity_columns))
+    _check_rows(plan, entity_rows, request_rows)
+    entities = [tuple(row[c] for c in plan.entity_columns) for row in entity_rows]
     column_of = {c: j for j, c in enumerate(plan.entity_columns)}
     groups: list[tuple[str, str, list[str]]] = []
     row_keys: list[list[str | None]] = []
@@ -383,7 +431,8 @@ def _on_demand(
                         raise UsageError(
                             f"request row {i} has no {name!r}; on-demand feature {odf.name!r} of "
                             f"{plan.service!r} needs request fields "
-                            f"{', '.join(plan.request_fields)}. Pass them in request_rows."
+                            f"{', '.join(plan.request_fields)} (on the command line: --request "
+                            f"{name}=VALUE)."
                         )
                     column[i] = _as_float(row[name], f"request field {name!r} of row {i}")
                 else:

@@ -16,7 +16,7 @@ from backline.core.errors import SchemaError, UsageError
 from backline.core.types import DUCKDB_TYPES
 from backline.features.compile import DUCKDB, ROW, TIME
 
-_TIME_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ_NS")  # ns (pandas) is truncated to µs
+_TIME_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ_NS")
 # Rows (entity rows + events) per bucket of a view: about 1 GB of DuckDB memory at peak.
 ROWS_PER_BUCKET = 3_000_000
 
@@ -84,8 +84,9 @@ class DuckDBEngine:
                 "timestamps; backline never guesses a zone."
             )
         ts = f'"{timestamp_column}"'
+        micros = floor_us(ts) if types[timestamp_column] == "TIMESTAMPTZ_NS" else f"epoch_us({ts})"
         self.con.execute(
-            f"CREATE OR REPLACE TEMP VIEW __entities AS SELECT *, epoch_us({ts}::TIMESTAMPTZ) AS {TIME} FROM ({base})"
+            f"CREATE OR REPLACE TEMP VIEW __entities AS SELECT *, {micros} AS {TIME} FROM ({base})"
         )
         row = _first(
             self.con.execute(
@@ -207,6 +208,16 @@ class DuckDBEngine:
     def close(self) -> None:
         self.con.close()
         self._scratch_dir.cleanup()
+
+
+def floor_us(ts: str) -> str:
+    """Microseconds of a TIMESTAMPTZ_NS expression, truncated toward the past.
+
+    A cast to TIMESTAMPTZ rounds to the nearest microsecond, which would let an entity at
+    F - 1 ns read a row stamped F; `//` truncates toward zero, so the remainder is taken
+    off first (it is made non-negative for times before 1970)."""
+    ns = f"epoch_ns({ts})"
+    return f"(({ns} - (({ns} % 1000) + 1000) % 1000) // 1000)"
 
 
 def _first(rows: list[tuple]) -> tuple | None:
