@@ -284,7 +284,16 @@ def test_package_files_and_manifest(packaged: ServingPackage) -> None:
     assert doc["served"] == packaged.served and doc["int8_decision"] == packaged.int8_decision
     for variant in packaged.variants:
         assert [x.batch for x in variant.latency] == [1, 256]
-        assert all(0 < x.p50_ms <= x.p99_ms for x in variant.latency)
+        for x in variant.latency:
+            # rounds of timed calls; the judged p99 is the best round's (registry.latency)
+            assert x.statistic == "best_round_p99" and x.rounds == export.LATENCY_ROUNDS
+            assert len(x.round_p99_ms) == x.rounds and x.p99_ms == min(x.round_p99_ms)
+            assert x.runs == x.rounds * x.calls_per_round and x.p50_ms > 0
+        one = variant.at(1)
+        assert one.threads == 1 and one.calls_per_round == 30  # latency_runs: calls per round
+        served = next(v for v in doc["variants"] if v["name"] == variant.name)["latency"][0]
+        assert served["statistic"] == "best_round_p99" and served["threads"] == 1
+        assert len(served["round_p99_ms"]) == export.LATENCY_ROUNDS
     assert packaged.latency_p99_ms == packaged.variant(packaged.served).at(1).p99_ms
     assert packaged.total_bytes == sum(p.stat().st_size for p in root.iterdir())
     assert set(packaged.artifacts()) == names

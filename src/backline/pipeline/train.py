@@ -102,13 +102,19 @@ def train_and_register(
     return Released(result, pkg, version)
 
 
-def gate(cfg: Config, model_name: str, version: int | str) -> GateRecord:
-    """Evaluate a version against the champion on the current holdout and record the result."""
+def gate(
+    cfg: Config, model_name: str, version: int | str, *, remeasure: bool | None = None
+) -> GateRecord:
+    """Evaluate a version against the champion on the current holdout and record the result.
+
+    `remeasure` as in `gate_version`: by default one request is timed again when the latency
+    measured at packaging is over gate.max_latency_ms, and the fresh figure is judged.
+    """
     from backline.registry.gate import gate_version
 
     ts = build_training_set(cfg, service=cfg.train.service)
     with open_registry(cfg) as registry:
-        return gate_version(cfg, registry, model_name, version, ts.holdout)
+        return gate_version(cfg, registry, model_name, version, ts.holdout, remeasure=remeasure)
 
 
 def _training_set(cfg: Config, result: TrainResult) -> TrainingSet:

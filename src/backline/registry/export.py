@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import shutil
-import time
 import uuid
 from collections.abc import Mapping
 from copy import deepcopy
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from backline.core.errors import SchemaError, WorkspaceError
+from backline.registry import latency
 from backline.registry.serving import (  # noqa: F401 - re-exported: the package API lives here too
     ALONE_ROWS,
     FORMAT,
@@ -56,6 +56,7 @@ from backline.registry.serving import (  # noqa: F401 - re-exported: the package
     INT8_MAX_AUC_PR_DROP,
     INT8_MIN_SPEEDUP,
     LATENCY_BATCHES,
+    LATENCY_CALLS,
     LATENCY_ROUNDS,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -181,12 +182,13 @@ def package(
     target_fpr: float,
     label_column: str,
     onnx: bool | None = None,
-    latency_runs: int = 200,
+    latency_runs: int = LATENCY_CALLS,
 ) -> ServingPackage:
     """Write the serving package of `model` to `out_dir` (new or empty) and measure it.
 
     `onnx`: True requires the ONNX export (onnxscript, onnx and onnxruntime installed), False
-    skips it, None exports it when those libraries are installed.
+    skips it, None exports it when those libraries are installed. `latency_runs`: timed calls
+    per round at batch 1 (LATENCY_ROUNDS rounds; see backline.registry.latency).
     """
     pre = preprocess_spec
     out_dir = Path(out_dir)
@@ -465,31 +467,21 @@ def _score_batched(
 def _measure_latency(
     scorers: Mapping[str, Scorer], table: pa.Table, runs: int
 ) -> dict[str, tuple[Latency, ...]]:
-    """p50 and p99 per variant and batch size.
+    """p50 and p99 per variant and batch size (see backline.registry.latency).
 
-    The variants take turns in blocks of `runs / LATENCY_ROUNDS` calls, so a machine that gets
-    busier halfway slows them alike; blocks rather than single calls, because one runtime's
-    worker threads still busy from its last call would slow the next runtime's call.
+    Batch 1 is timed on one torch thread, as a server worker scores one request, in
+    LATENCY_ROUNDS rounds of `runs` calls; its p99 is the best round's, which other jobs on the
+    machine cannot inflate. Larger batches run on every thread, in the same rounds of
+    `runs / LATENCY_ROUNDS` calls (at least 10): they decide only the int8 rule, on p50.
     """
     out: dict[str, list[Latency]] = {name: [] for name in scorers}
-    block = max(1, runs // LATENCY_ROUNDS)
     for batch in LATENCY_BATCHES:
-        rows = table.take(np.arange(batch) % table.num_rows)
-        calls = {name: scorer.prepared_call(rows) for name, scorer in scorers.items()}
-        timings: dict[str, list[int]] = {name: [] for name in calls}
-        with torch.inference_mode():
-            for done in range(0, runs, block):
-                for name, call in calls.items():
-                    for _ in range(3):  # warm-up: TorchScript specialises on the first calls
-                        call()
-                    for _ in range(min(block, runs - done)):
-                        start = time.perf_counter_ns()
-                        call()
-                        timings[name].append(time.perf_counter_ns() - start)
-        for name, ns in timings.items():
-            ms = np.asarray(ns, dtype=np.float64) / 1e6
-            p50, p99 = np.percentile(ms, [50, 99])
-            out[name].append(Latency(batch, float(p50), float(p99), runs))
+        per_round = runs if batch == 1 else max(10, runs // LATENCY_ROUNDS)
+        measured = latency.measure(
+            scorers, table, batch, rounds=LATENCY_ROUNDS, calls_per_round=per_round
+        )
+        for name, item in measured.items():
+            out[name].append(item)
     return {name: tuple(items) for name, items in out.items()}
 
 
@@ -584,6 +576,21 @@ def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _latency_json(x: Latency) -> dict[str, Any]:
+    return {
+        "batch": x.batch,
+        "p50_ms": x.p50_ms,
+        "p99_ms": x.p99_ms,
+        "runs": x.runs,
+        "statistic": x.statistic,
+        "rounds": x.rounds,
+        "calls_per_round": x.calls_per_round,
+        "warmup": x.warmup,
+        "threads": x.threads,
+        "round_p99_ms": list(x.round_p99_ms),
+    }
+
+
 def _manifest_json(pkg: ServingPackage) -> str:
     doc = {
         "format": FORMAT,
@@ -607,10 +614,7 @@ def _manifest_json(pkg: ServingPackage) -> str:
                 "parity_max_abs": v.parity_max_abs,
                 "parity_tolerance": v.parity_tolerance,
                 "batch_spread": v.batch_spread,
-                "latency": [
-                    {"batch": x.batch, "p50_ms": x.p50_ms, "p99_ms": x.p99_ms, "runs": x.runs}
-                    for x in v.latency
-                ],
+                "latency": [_latency_json(x) for x in v.latency],
             }
             for v in pkg.variants
         ],
