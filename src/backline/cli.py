@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -29,12 +30,28 @@ from rich.table import Table
 from backline import __version__
 from backline.core.errors import BacklineError, UsageError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+# Piped or redirected output is read by programs and by people in wide windows: do not cut
+# tables at rich's 80-column default there (a terminal keeps its real width).
+_WIDE = None if sys.stdout.isatty() else 1_000
+out = Console(highlight=False, soft_wrap=True, width=_WIDE)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def cli_name() -> str:
+    """How to call this very `backline` in a command we print: plain `backline` when that is
+    what the shell finds on PATH, else the full path of the running one (say, `make demo` runs
+    .venv/bin/backline without an activated venv, and the printed command must still work)."""
+    running = Path(sys.argv[0])
+    if running.name != "backline":
+        return "backline"  # python -m backline.cli, or a test calling main()
+    found = shutil.which("backline")
+    if found and Path(found).resolve() == running.resolve():
+        return "backline"
+    return shlex.quote(str(running.resolve()))
 
 
 def _project(args: argparse.Namespace) -> Path:
@@ -93,10 +110,21 @@ def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
 def cmd_init(args: argparse.Namespace) -> int:
     from backline.core.workspace import init_project
 
-    target = init_project(Path(args.dir), force=args.force)
+    example = "empty" if args.empty else "fraud"
+    target = init_project(Path(args.dir), force=args.force, example=example)
+    bl = cli_name()
+    if args.empty:
+        out.print(f"Created an empty project [bold]{target}[/].")
+        out.print(
+            f"Next: declare your sources in {Path(args.dir) / 'backline.toml'} (an example is "
+            f"commented there), then cd {shlex.quote(args.dir)} && {bl} doctor && "
+            f"{bl} ingest SOURCE PATH"
+        )
+        return 0
     out.print(f"Created project [bold]{target}[/] from the fraud example.")
     out.print(
-        f"Next: cd {args.dir} && backline generate --out data && backline ingest transactions data/transactions.csv"
+        f"Next: cd {shlex.quote(args.dir)} && {bl} generate --out data && "
+        f"{bl} ingest transactions data/transactions.csv"
     )
     return 0
 
@@ -153,8 +181,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _print_ingest(result: Any) -> None:
-    verb = "Already ingested as" if result.status == "already_ingested" else "Committed"
-    out.print(f"{verb} batch [bold]{result.batch_id}[/] into source [bold]{result.source}[/]")
+    if result.status == "already_ingested":
+        # the counts are the original batch's: say plainly that nothing new went in
+        out.print(
+            f"Already ingested as batch [bold]{result.batch_id}[/] into source "
+            f"[bold]{result.source}[/] (0 new rows): the same content was committed before, "
+            f"with {result.rows_accepted:,} accepted and {result.rows_quarantined:,} "
+            "quarantined."
+        )
+        return
+    out.print(f"Committed batch [bold]{result.batch_id}[/] into source [bold]{result.source}[/]")
     out.print(
         f"  rows in {result.rows_in:,} = accepted {result.rows_accepted:,} + "
         f"quarantined {result.rows_quarantined:,}   ({result.seconds:.2f} s)"
@@ -267,23 +303,57 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from backline.core.uris import check_reachable
 
     cfg = _config(args)
-    problems = 0
-    for key in ("offline", "online", "registry"):
-        uri = cfg.store_uri(key)
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, probe: Callable[[], str]) -> None:
         try:
-            what = check_reachable(uri)
-            out.print(f"[green]ok[/]   {key}.uri  {what}")
+            checks.append({"check": name, "ok": True, "detail": probe()})
         except BacklineError as exc:
-            problems += 1
-            err.print(f"[red]fail[/] {escape(str(exc))}")
-    try:
-        what = check_reachable(cfg.catalog_uri)
-        out.print(f"[green]ok[/]   offline.catalog  {what}")
-    except BacklineError as exc:
-        problems += 1
-        err.print(f"[red]fail[/] {escape(str(exc))}")
+            checks.append({"check": name, "ok": False, "detail": str(exc)})
+
+    for key in ("offline", "online", "registry"):
+        check(f"{key}.uri", lambda key=key: check_reachable(cfg.store_uri(key)))
+    check("offline.catalog", lambda: check_reachable(cfg.catalog_uri))
+    if _has_section(cfg.root, "train"):
+        check("train", lambda: _train_ready(cfg))
+    problems = sum(not c["ok"] for c in checks)
+    if args.json:
+        print(json.dumps({"ok": not problems, "checks": checks, "sources": list(cfg.sources)}))
+        return 2 if problems else 0
+    for c in checks:
+        if c["ok"]:
+            out.print(f"[green]ok[/]   {c['check']}  {escape(c['detail'])}")
+        else:
+            err.print(f"[red]fail[/] {c['check']}: {escape(c['detail'])}")
     out.print(f"sources: {', '.join(cfg.sources) or '(none)'}")
     return 2 if problems else 0
+
+
+def _has_section(root: Path, name: str) -> bool:
+    import tomllib
+
+    from backline.core.config import CONFIG_FILE
+
+    return name in tomllib.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def _train_ready(cfg: Any) -> str:
+    """What `backline train` will need from [train]: its sources and its feature service."""
+    from backline.core.errors import ConfigError
+    from backline.features.repository import load_definitions
+
+    t = cfg.train
+    known = ", ".join(cfg.sources) or "none are declared"
+    for key in ("entity_source", "label_source"):
+        name = getattr(t, key)
+        if name not in cfg.sources:
+            raise ConfigError(
+                f"train.{key} = {name!r} names no source in backline.toml (sources: {known}). "
+                f"Set train.{key} to a declared source, or declare [sources.{name}]."
+            )
+    defs = load_definitions(cfg)
+    defs.service(t.service)  # a NotFoundError with the known services
+    return f"service {t.service}, examples from {t.entity_source}, labels from {t.label_source}"
 
 
 def _definitions(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -323,9 +393,54 @@ def cmd_features_apply(args: argparse.Namespace) -> int:
 
     cfg, defs = _definitions(args)
     changes = [c for c in apply(cfg, defs) if c.action != "unchanged"]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in changes]))
+        return 0
     for c in changes:
         out.print(f"{c.action:<7} {c.kind} {c.name} {c.new_version or ''}")
     out.print(f"Applied {len(changes)} change(s)." if changes else "Nothing to apply; up to date.")
+    return 0
+
+
+def cmd_features_entities(args: argparse.Namespace) -> int:
+    from backline.core.durations import parse_utc
+    from backline.features.entities import entity_columns, entity_rows, write_entity_rows
+
+    cfg, defs = _definitions(args)
+    out_path = Path(args.out)
+    if out_path.suffix.lower() not in (".parquet", ".csv"):
+        raise UsageError(f"--out {args.out} must end in .parquet or .csv.")
+    cols = entity_columns(cfg, defs, args.service, args.source)
+    table = entity_rows(
+        cfg,
+        defs,
+        args.service,
+        source=args.source,
+        start=parse_utc(args.start, what="--start") if args.start else None,
+        end=parse_utc(args.end, what="--end") if args.end else None,
+        limit=args.limit,
+    )
+    write_entity_rows(table, out_path)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "rows": table.num_rows,
+                    "source": cols.source,
+                    "columns": table.column_names,
+                    "out": str(out_path),
+                }
+            )
+        )
+        return 0
+    out.print(
+        f"Wrote {table.num_rows:,} entity rows of {args.service} from source {cols.source} to "
+        f"{args.out} (columns: {', '.join(table.column_names)})."
+    )
+    out.print(
+        f"Next: {cli_name()} features history --entities {shlex.quote(args.out)} "
+        f"--service {args.service} --out train.parquet"
+    )
     return 0
 
 
@@ -335,8 +450,12 @@ def cmd_features_history(args: argparse.Namespace) -> int:
     cfg, defs = _definitions(args)
     entities = Path(args.entities)
     if not entities.is_file():
-        raise UsageError(f"--entities {entities} does not exist. Give a .parquet or .csv file.")
-    with _progress(err.is_terminal, f"building {args.service}") as tick:
+        raise UsageError(
+            f"--entities {entities} does not exist. Give a .parquet or .csv file of join keys "
+            f"and {args.timestamp_column}; `{cli_name()} features entities --service "
+            f"{args.service} --out {entities}` makes one from a source's events."
+        )
+    with _progress(err.is_terminal and not args.json, f"building {args.service}") as tick:
         tick("joining", 0.1)
         rows = write_historical_features(
             cfg,
@@ -347,6 +466,9 @@ def cmd_features_history(args: argparse.Namespace) -> int:
             timestamp_column=args.timestamp_column,
             engine=args.engine,
         )
+    if args.json:
+        print(json.dumps({"rows": rows, "service": args.service, "out": args.out}))
+        return 0
     out.print(f"Wrote {rows:,} rows of {args.service} to {args.out}")
     return 0
 
@@ -406,34 +528,62 @@ def cmd_features_get(args: argparse.Namespace) -> int:
     from backline.features.online import get_online_features
 
     cfg, defs = _definitions(args)
-    entity: dict[str, Any] = {}
-    for pair in args.keys:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{pair!r} is not KEY=VALUE; write e.g. card_id=card_0000123.")
-        entity[key] = value
-    request = {}
-    for pair in args.request or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(
-                f"--request {pair!r} is not FIELD=VALUE; write e.g. --request amount=12.5."
-            )
+    entity = _pairs(args.keys, "", "card_id=card_0000123")
+    request: dict[str, Any] = {}
+    for key, value in _pairs(args.request or [], "--request ", "amount=12.5").items():
         try:
             request[key] = float(value)
         except ValueError:
             request[key] = value
     at = parse_utc(args.at, what="--at") if args.at else None
     result = get_online_features(cfg, defs, args.service, [entity], request_rows=[request], at=at)
-    rows = result.to_dicts()
+    row = result.to_dicts()[0]
+    features = result.columns
+    statuses = {name: result.status(0, name) for name in features}
     if args.json:
-        print(json.dumps(rows[0], default=str))
+        ages = dict(zip(features, result.ages[0], strict=True))
+        print(
+            json.dumps(
+                {
+                    "service": args.service,
+                    "at": result.at.isoformat(),
+                    "entity": {k: row[k] for k in result.entity_columns},
+                    "values": {name: row[name] for name in features},
+                    "status": statuses,
+                    "age_seconds": ages,
+                },
+                default=str,
+            )
+        )
         return 0
     table = Table("feature", "value", "status", box=None, padding=(0, 2))
-    for name, value in rows[0].items():
+    for name, value in row.items():
         table.add_row(name, "NULL" if value is None else str(value), result.status(0, name))
     out.print(table)
+    out.print(f"as of {result.at.isoformat()}")
+    stored = [s for s in statuses.values() if s]
+    if at is None and stored and all(s != "ok" for s in stored):
+        out.print(
+            "[yellow]note[/] no feature has a current value now: is the data older than the "
+            "views' ttl? Pass --at TIME to read as of the time your data is from."
+        )
     return 0
+
+
+def _pairs(items: Sequence[str], flag: str, example: str) -> dict[str, str]:
+    """KEY=VALUE arguments as a dict; a malformed or repeated key is a usage error."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"{flag}{item!r} is not KEY=VALUE; write e.g. {flag}{example}.")
+        if key in pairs:
+            raise UsageError(
+                f"{flag}{key} is given twice ({pairs[key]!r} and {value!r}); give each key once."
+            )
+        pairs[key] = value
+    return pairs
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -448,7 +598,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(target)
     root = init_project(target, force=True)
     cfg = load_config(root)
-    out.rule("[bold]backline demo: card-fraud scoring")
+    out.print("[bold]backline demo: card-fraud scoring[/]\n" + "─" * 40)
     out.print(f"1. project      {root}")
     gen = GeneratorConfig(days=args.days, cards=args.cards, seed=args.seed, corrupt=0.002)
     show = err.is_terminal
@@ -493,15 +643,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             table.add_row(*(str(v) for v in row))
         out.print(table)
     _demo_features(cfg, data.transactions)
-    _demo_training(cfg, args.steps)
-    out.print(
-        f'Explore it: cd {root} && backline sql "SELECT * FROM batches" && '
-        "backline models show fraud@champion"
-    )
+    promoted = _demo_training(cfg, args.steps)
+    bl = cli_name()
+    out.print(f"Explore it: cd {shlex.quote(str(root))}, then")
+    out.print(f'  {bl} sql "SELECT source, rows_accepted, rows_quarantined FROM batches"')
+    out.print(f"  {bl} models list")
+    if promoted:
+        out.print(f"  {bl} models show fraud@champion")
     return 0
 
 
-def _demo_training(cfg: Any, steps: int) -> None:
+def _demo_training(cfg: Any, steps: int) -> bool:
     """Steps 9-10 of the demo: train and register a model, gate it, promote it."""
     from backline.pipeline.train import gate, train_and_register
     from backline.registry import open_registry
@@ -522,10 +674,16 @@ def _demo_training(cfg: Any, steps: int) -> None:
         with open_registry(cfg) as registry:
             registry.promote(version.model, version.version, actor="demo", reason="demo run")
         out.print(f"    promoted   {version.model} v{version.version} is the champion")
+        return True
+    failed = "; ".join(c.detail for c in record.checks if not c.passed)
+    out.print(f"    [yellow]not promoted[/]: {escape(failed)}")
+    return False
 
 
 def _demo_features(cfg: Any, transactions: Any) -> None:
     """Steps 6-8 of the demo: versioned features, a training set, an online read."""
+    from datetime import timedelta
+
     import pyarrow as pa
 
     from backline.features.history import get_historical_features
@@ -568,7 +726,9 @@ def _demo_features(cfg: Any, transactions: Any) -> None:
         .combine_chunks()
         .filter(pa.compute.is_valid(transactions["event_time"]))
     )
-    latest = max(t for t in end.to_pylist() if t.year < 2090)
+    last_event = max(t for t in end.to_pylist() if t.year < 2090)
+    # a whole minute after the last event, so the printed --at reads exactly what is shown
+    latest = (last_event + timedelta(minutes=1)).replace(second=0, microsecond=0)
     result = materialize(cfg, defs, end=latest)
     card, merchant = burst["card_id"][0].as_py(), burst["merchant_id"][0].as_py()
     online = get_online_features(
@@ -581,7 +741,8 @@ def _demo_features(cfg: Any, transactions: Any) -> None:
     )
     out.print(
         f"8. online       materialized {result.entities:,} entity values; "
-        f"`backline features get --service fraud_v1 card_id={card} merchant_id={merchant} --request amount=250`:"
+        f"`{cli_name()} features get --service fraud_v1 card_id={card} merchant_id={merchant} "
+        f"--request amount=250 --at {latest.strftime('%Y-%m-%dT%H:%M:%SZ')}`:"
     )
     values = online.to_dicts()[0]
     table = Table("feature", "value", "status", box=None, padding=(0, 2))
@@ -628,9 +789,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create a project folder from the fraud example")
+    p = sub.add_parser("init", help="create a project folder (the fraud example, or --empty)")
     p.add_argument("dir", metavar="DIR", help="folder to create")
     p.add_argument("--force", action="store_true", help="replace the config of an existing project")
+    p.add_argument(
+        "--empty",
+        action="store_true",
+        help="start with no sources or features, for your own data (default: the fraud example)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
@@ -684,14 +850,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sql)
 
     features = sub.add_parser(
-        "features", help="feature store: plan, apply, history, materialize, get"
+        "features", help="feature store: plan, apply, entities, history, materialize, get"
     )
     fsub = features.add_subparsers(dest="features_command", metavar="COMMAND")
     p = fsub.add_parser("plan", help="show what `apply` would record (new, changed, deleted)")
     p.add_argument("--json", action="store_true", help="print the changes as JSON")
     p.set_defaults(func=cmd_features_plan)
     p = fsub.add_parser("apply", help="check features.py against the sources and record versions")
+    p.add_argument("--json", action="store_true", help="print the recorded changes as JSON")
     p.set_defaults(func=cmd_features_apply)
+    p = fsub.add_parser(
+        "entities",
+        help="write the entity rows of a training set (keys, time, request fields) from a source",
+    )
+    p.add_argument("--service", required=True, help="feature service name from features.py")
+    p.add_argument("--out", required=True, help="output file, .parquet or .csv")
+    p.add_argument(
+        "--source", help="source whose events are the rows (default: train.entity_source)"
+    )
+    p.add_argument("--start", help="first event time to take (UTC ISO time, inclusive)")
+    p.add_argument("--end", help="take events before this time (UTC ISO time, exclusive)")
+    p.add_argument(
+        "--limit", type=_positive(int, "--limit"), help="keep the first N rows (oldest first)"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_features_entities)
     p = fsub.add_parser("history", help="build a point-in-time training set")
     p.add_argument(
         "--entities", required=True, help="a .parquet or .csv of join keys and timestamps"
@@ -702,6 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timestamp-column", default="event_timestamp", help="entity time column (event_timestamp)"
     )
     p.add_argument("--engine", choices=("duckdb", "spark"), help="override features.engine")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_features_history)
     p = fsub.add_parser("materialize", help="write the latest feature values to the online store")
     p.add_argument("--start", help="first event time to consider (UTC ISO time)")
@@ -723,7 +907,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="request field for on-demand features",
     )
-    p.add_argument("--at", help="read as of this time (default: now)")
+    p.add_argument(
+        "--at",
+        help="read as of this time, UTC ISO time such as 2026-02-01T00:00:00Z (default: now)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_features_get)
 
@@ -762,6 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(sub)
 
     p = sub.add_parser("doctor", help="check the config and that every store is reachable")
+    p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("demo", help="run the fraud example end to end on embedded defaults")
@@ -778,7 +966,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_positive(int, "--steps"), default=300, help="training steps (300)"
     )
     p.set_defaults(func=cmd_demo)
+    _accept_project_anywhere(parser)
     return parser
+
+
+def _accept_project_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Let `--project DIR` follow any subcommand too (`backline sql --project p "..."`).
+
+    Each subcommand gets its own --project whose default is SUPPRESS, so leaving it out there
+    keeps whatever the top-level one set."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in dict.fromkeys(action.choices.values()):
+            if "--project" not in child._option_string_actions:
+                child.add_argument(
+                    "--project",
+                    metavar="DIR",
+                    default=argparse.SUPPRESS,
+                    help="project folder (default: the nearest one holding backline.toml)",
+                )
+            _accept_project_anywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
