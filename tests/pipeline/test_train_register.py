@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from backline.cli import main
 from backline.core.config import Config, load_config
-from backline.core.errors import GateFailed
+from backline.core.errors import GateFailed, StoreError
 from backline.core.workspace import init_project
 from backline.data.generator import GeneratorConfig, generate, write_generated
 from backline.data.ingest import ingest
@@ -97,3 +98,67 @@ def test_cli_train_json(
         and summary["steps"] == 20
         and 0 <= summary["metrics"]["auc_pr"] <= 1
     )
+
+
+def test_a_registry_that_is_down_fails_before_any_training(
+    trained_project: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import backline.pipeline.train as pipeline
+
+    def must_not_run(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("training started although the registry is down")
+
+    monkeypatch.setattr(pipeline, "run_training", must_not_run)
+    monkeypatch.setattr(pipeline, "build_training_set", must_not_run)
+    down = "postgresql://postgres@127.0.0.1:1/test"
+    cfg = dataclasses.replace(
+        trained_project, registry=dataclasses.replace(trained_project.registry, uri=down)
+    )
+    with pytest.raises(StoreError, match="127.0.0.1:1"):
+        train_and_register(cfg, progress=False)
+    # the command line: one line, exit code 2, and still no training
+    monkeypatch.setenv("BACKLINE_REGISTRY_URI", down)
+    assert main(["--project", str(cfg.root), "train", "--max-steps", "5"]) == 2
+    assert "127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_an_unwritable_artifact_folder_fails_before_any_training(
+    trained_project: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backline.pipeline.train as pipeline
+
+    monkeypatch.setattr(pipeline, "run_training", lambda *a, **k: pytest.fail("trained"))
+    (trained_project.root / ".backline" / "artifacts").mkdir(parents=True, exist_ok=True)
+    real_access = os.access  # the tests run as root, for whom every folder is writable
+    monkeypatch.setattr(
+        pipeline.os,
+        "access",
+        lambda path, mode: "artifacts" not in str(path) and real_access(path, mode),
+    )
+    with pytest.raises(StoreError, match="artifact folder"):
+        train_and_register(trained_project, progress=False)
+
+
+def test_running_a_finished_train_again_registers_nothing_new(trained_project: Config) -> None:
+    cfg = dataclasses.replace(
+        trained_project,
+        train=dataclasses.replace(trained_project.train, seed=2, max_steps=20),
+    )
+    first = train_and_register(cfg, progress=False)
+    assert not first.already_registered and first.train.samples_per_second > 0
+    again = train_and_register(cfg, progress=False)
+    assert again.already_registered
+    assert again.version == first.version
+    assert again.train.resumed_from == again.train.steps == 20  # nothing was trained this time
+    # the throughput of the process that trained, not 0 samples/s (also the time after)
+    assert again.train.samples_per_second == first.train.samples_per_second
+    assert again.train.final_loss == first.train.final_loss
+    third = train_and_register(cfg, progress=False)
+    assert third.train.samples_per_second == first.train.samples_per_second
+    with open_registry(cfg) as registry:
+        same = [
+            mv
+            for mv in registry.list_versions("fraud")
+            if mv.content_digest == first.version.content_digest
+        ]
+    assert [mv.version for mv in same] == [first.version.version]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,21 @@ import numpy as np
 import pyarrow as pa
 
 from backline.core.config import Config
-from backline.core.errors import StoreError
-from backline.registry import open_registry
+from backline.core.errors import NotFoundError, StoreError
+from backline.core.uris import check_reachable
+from backline.registry import Registry, open_registry
 from backline.registry.export import package
 from backline.registry.lineage import Lineage, config_hash, git_commit, library_versions
 from backline.registry.profile import ReferenceProfile, profile_from_arrow
 from backline.registry.records import GateRecord, ModelVersion
-from backline.registry.serving import ServingPackage, load_package, read_package
+from backline.registry.schema import content_digest
+from backline.registry.serving import (
+    PackageFile,
+    ServingPackage,
+    _sha256,
+    load_package,
+    read_package,
+)
 from backline.train.data import TrainingSet, build_training_set
 from backline.train.preprocess import Preprocessor
 from backline.train.run import TrainResult, load_model, run_training
@@ -41,6 +50,9 @@ class Released:
     train: TrainResult
     package: ServingPackage
     version: ModelVersion
+    already_registered: bool = False
+    """True when this run's package was registered before (same files, training set and
+    checkpoint): `version` is that earlier version, and nothing new was written."""
 
 
 def train_and_register(
@@ -55,6 +67,13 @@ def train_and_register(
     actor: str | None = None,
     progress: bool = True,
 ) -> Released:
+    """Train (or resume, or find finished) the run, package it, and register it once.
+
+    Every store this needs (offline folder and catalog, registry database, artifact folder) is
+    checked first, so a registry that is down fails in a second, not after training. A run whose
+    package is already registered returns that version (`already_registered=True`).
+    """
+    check_stores(cfg)
     result = run_training(
         cfg,
         service=service,
@@ -75,6 +94,10 @@ def train_and_register(
             model, pre, ts.holdout, folder, target_fpr=cfg.train.target_fpr, label_column=ts.label
         )
     )
+    with open_registry(cfg) as registry:
+        existing = _registered(registry, model_name, pkg, result)
+    if existing is not None:
+        return Released(result, pkg, existing, already_registered=True)
     lineage = Lineage(
         training_set_digest=result.training_set_digest,
         feature_versions=dict(result.feature_views),
@@ -115,6 +138,50 @@ def gate(
     ts = build_training_set(cfg, service=cfg.train.service)
     with open_registry(cfg) as registry:
         return gate_version(cfg, registry, model_name, version, ts.holdout, remeasure=remeasure)
+
+
+def check_stores(cfg: Config) -> None:
+    """Raise StoreError naming the first store `train_and_register` could not use: the offline
+    store's folder and catalog, the registry database (connected, schema created or upgraded)
+    and the registry's artifact folder."""
+    check_reachable(cfg.store_uri("offline"))
+    check_reachable(cfg.catalog_uri)
+    with open_registry(cfg) as registry:
+        folder = registry.store.root
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"registry artifact folder {folder}: {probe} is not a writable folder, so a trained "
+            "model could not be stored. Fix its permissions, or move the project."
+        )
+
+
+def _registered(
+    registry: Registry, model_name: str, pkg: ServingPackage, result: TrainResult
+) -> ModelVersion | None:
+    """The version that already holds this run's package, if any: same files (content digest),
+    same training set and same checkpoint."""
+    digest = content_digest(
+        (name, f.sha256 if (f := _file(pkg, name)) else _sha256(path))
+        for name, path in pkg.artifacts().items()
+    )
+    try:
+        versions = registry.list_versions(model_name)
+    except NotFoundError:
+        return None
+    for mv in versions:
+        lin = mv.lineage
+        if (
+            mv.content_digest == digest
+            and lin.training_set_digest == result.training_set_digest
+            and lin.checkpoint_id == result.checkpoint.name
+        ):
+            return mv
+    return None
+
+
+def _file(pkg: ServingPackage, name: str) -> PackageFile | None:
+    return next((f for f in pkg.files if f.name == name), None)
 
 
 def _training_set(cfg: Config, result: TrainResult) -> TrainingSet:

@@ -27,10 +27,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -80,6 +81,8 @@ class TrainResult:
     seconds: float
     """Wall time of this invocation's training (not the training-set build)."""
     samples_per_second: float
+    """Examples per second while the run trained. An invocation that found the run finished
+    reports the figure of the process that trained it (NaN if that is lost), never 0."""
     checkpoint_block_seconds: float
     """How long training stood still for periodic checkpoints (they are written in a thread)."""
     final_loss: float | None
@@ -164,6 +167,7 @@ def run_training(
                 torch.from_numpy(x_num), torch.from_numpy(x_cat), torch.from_numpy(y)
             )
             prepare_run_dir(run_dir, spec, tensors)
+        previous = _previous_fit(run_dir)
         if nproc == 1:
             if device == "cuda":
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -173,6 +177,7 @@ def run_training(
             fitted = fit(spec, data, run_dir, ctx=ctx, progress=progress)
         else:
             fitted = _fit_distributed(run_dir, nproc, t.max_restarts, device, progress)
+        fitted = _carry_figures(run_dir, fitted, previous)
         return _finish(cfg, run_dir, run_id, ts, pre, spec, fitted, device)
 
 
@@ -243,6 +248,28 @@ def _write_run_files(
         path = run_dir / name
         if not path.exists() or path.read_text() != text:
             write_text_atomic(path, text)
+
+
+def _previous_fit(run_dir: Path) -> FitResult | None:
+    try:
+        return FitResult.from_json((run_dir / FIT_RESULT).read_text())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _carry_figures(run_dir: Path, fitted: FitResult, previous: FitResult | None) -> FitResult:
+    """A process that found the run finished trained no step: it reports the throughput and
+    final loss of the process that trained (NaN and None if those are lost), not 0 samples/s,
+    and keeps them in fit.json for the next time."""
+    if fitted.resumed_from != fitted.steps:
+        return fitted
+    if previous is not None and previous.steps == fitted.steps and previous.samples_per_second > 0:
+        rate, loss = previous.samples_per_second, previous.final_loss
+    else:
+        rate, loss = math.nan, fitted.final_loss
+    carried = replace(fitted, samples_per_second=rate, final_loss=loss)
+    write_text_atomic(run_dir / FIT_RESULT, carried.to_json())
+    return carried
 
 
 def _fit_distributed(
