@@ -114,7 +114,7 @@ def test_a_registry_that_is_down_fails_before_any_training(
     cfg = dataclasses.replace(
         trained_project, registry=dataclasses.replace(trained_project.registry, uri=down)
     )
-    with pytest.raises(StoreError, match="127.0.0.1:1"):
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1:1"):
         train_and_register(cfg, progress=False)
     # the command line: one line, exit code 2, and still no training
     monkeypatch.setenv("BACKLINE_REGISTRY_URI", down)
