@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -113,7 +114,23 @@ def test_empty_and_header_only_files(cfg: Config, tmp_path: Path) -> None:
     for path in (empty, header_only):
         result = ingest(cfg, "transactions", path)
         assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (0, 0, 0)
-    assert query(cfg, "SELECT count(*) FROM batches") == [(2,)]
+    # a header with no rows is a batch; a 0-byte file is nothing, and says so
+    assert query(cfg, "SELECT count(*) FROM batches") == [(1,)]
+    result = ingest(cfg, "transactions", empty)
+    assert (result.status, result.batch_id, result.rows_new) == ("empty", "", 0)
+    assert result.warnings == ("empty.csv is empty (0 bytes); nothing was committed",)
+    assert result.to_json()["status"] == "empty"
+    assert not (cfg.store_uri("offline").path / "_staging").exists()  # type: ignore[operator]
+
+
+def test_a_0_byte_file_among_others_is_noted(cfg: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_bytes(b"")
+    write_csv(folder / "b.csv", [row(1)])
+    result = ingest(cfg, "transactions", folder)
+    assert (result.status, result.rows_accepted) == ("committed", 1)
+    assert "a.csv: empty (0 bytes)" in result.warnings
 
 
 def test_truncated_file_loses_only_its_last_record(cfg: Config, tmp_path: Path) -> None:
@@ -414,3 +431,75 @@ def test_a_catalog_from_a_newer_backline_is_refused(cfg: Config, tmp_path: Path)
         con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="newer than this backline understands"):
         OfflineStore.open(cfg)
+
+
+def _tx_table(**overrides: pa.Array) -> pa.Table:
+    columns = {
+        "transaction_id": pa.array([tx_id(1), tx_id(2)]),
+        "card_id": pa.array(["card_0000001", "card_0000002"]),
+        "merchant_id": pa.array(["m_000001", "m_000002"]),
+        "merchant_category": pa.array(["grocery", "grocery"]),
+        "amount": pa.array([1.5, 2.5]),
+        "currency": pa.array(["USD", "USD"]),
+        "country": pa.array(["US", "US"]),
+        "channel": pa.array(["pos", "pos"]),
+        "device_id": pa.array(["dev_1", "dev_2"]),
+        "event_time": pa.array([1767348000, 1767348001]).cast(pa.timestamp("s", tz="UTC")),
+    }
+    columns.update(overrides)
+    return pa.table(columns)
+
+
+def test_parquet_nested_value_in_a_string_column_is_a_type_mismatch(
+    cfg: Config, tmp_path: Path
+) -> None:
+    path = tmp_path / "nested.parquet"
+    pq.write_table(_tx_table(card_id=pa.array([[1, 2], None], pa.list_(pa.int64()))), path)
+    result = ingest(cfg, "transactions", path)  # used to raise ArrowNotImplementedError
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (2, 0, 2)
+    rows = query(cfg, 'SELECT line, reason, "column", message FROM quarantine ORDER BY line')
+    assert rows[0][:3] == (1, "type_mismatch", "card_id")
+    assert "nested value (list<element: int64>), not a string" in rows[0][3]
+    assert rows[1][:3] == (2, "missing_value", "card_id")
+    assert not (cfg.store_uri("offline").path / "_staging").exists()  # type: ignore[operator]
+
+
+def test_parquet_struct_map_and_non_utf8_bytes_quarantine_their_rows_only(
+    cfg: Config, tmp_path: Path
+) -> None:
+    path = tmp_path / "odd.parquet"
+    table = _tx_table(
+        merchant_id=pa.array([b"m_000001", b"\xff\xfe"], pa.binary()),
+        device_id=pa.array([None, {"a": 1}], pa.struct([("a", pa.int64())])),
+        channel=pa.array(["pos", "pos"]).cast(pa.dictionary(pa.int8(), pa.string())),
+        amount=pa.array([Decimal("1.50"), Decimal("2.50")], pa.decimal128(6, 2)),
+    )
+    pq.write_table(table, path)
+    result = ingest(cfg, "transactions", path)
+    assert (result.rows_accepted, result.rows_quarantined) == (1, 1)
+    assert query(cfg, 'SELECT line, reason, "column" FROM quarantine') == [
+        (2, "type_mismatch", "merchant_id")
+    ]
+    assert query(cfg, "SELECT merchant_id, amount, channel FROM transactions") == [
+        ("m_000001", 1.5, "pos")
+    ]
+
+
+def test_a_failed_ingest_leaves_no_staging_folder(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backline.data.ingest as ingest_module
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(ingest_module, "_write_quarantine", broken)
+    path = write_csv(tmp_path / "t.csv", [row(1), row(2, amount="-1")])
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        ingest(cfg, "transactions", path)
+    offline = cfg.store_uri("offline").path
+    assert offline is not None
+    assert not (offline / "_staging").exists()
+    assert [p for p in offline.rglob("*") if p.is_file() and p.name != ".lock"] == []
+    monkeypatch.undo()
+    assert ingest(cfg, "transactions", path).status == "committed"

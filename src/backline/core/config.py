@@ -74,10 +74,20 @@ class IngestSection:
     duckdb_threads: int = 1
     """Threads DuckDB may use while validating (1 keeps ingest to one core)."""
 
+    max_value_bytes: int = 16 * 1024 * 1024
+    """Biggest single value (in bytes, as UTF-8) of a declared column, in any input format. A
+    bigger one quarantines its row as too_long, naming the column; a column's own max_length
+    (characters) applies below it. Default 16 MiB."""
+
     def __post_init__(self) -> None:
         if self.duckdb_threads < 1:
             raise ConfigError(
                 f"backline.toml: ingest.duckdb_threads = {self.duckdb_threads} must be at least 1."
+            )
+        if not 1 <= self.max_value_bytes <= 1 << 30:
+            raise ConfigError(
+                f"backline.toml: ingest.max_value_bytes = {self.max_value_bytes} must be between "
+                f"1 and {1 << 30} (1 GiB)."
             )
 
 

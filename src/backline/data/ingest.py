@@ -3,7 +3,10 @@
     result = ingest(cfg, "transactions", Path("data/transactions.csv"))
     assert result.rows_in == result.rows_accepted + result.rows_quarantined
 
-Re-ingesting the same content is a no-op that answers with the batch that already holds it.
+Re-ingesting the same content is a no-op that answers with the batch that already holds it
+(`status == "already_ingested"`, `rows_new == 0`). An input whose files are all empty (0 bytes)
+commits nothing (`status == "empty"`) and says so in `warnings`. Whatever goes wrong, no
+staging folder is left behind.
 """
 
 from __future__ import annotations
@@ -43,12 +46,16 @@ class IngestResult:
     source: str
     batch_id: str
     status: str
-    """committed, or already_ingested when the same content was ingested before."""
+    """committed; already_ingested when the same content was ingested before (the counts are
+    then that batch's, and rows_new is 0); empty when every input file is 0 bytes (nothing is
+    committed and batch_id is "")."""
     input: str
     files: int
     rows_in: int
     rows_accepted: int
     rows_quarantined: int
+    rows_new: int
+    """Rows this call added to the source: rows_accepted when committed, else 0."""
     quarantine_reasons: dict[str, int]
     warnings: tuple[str, ...]
     seconds: float
@@ -71,7 +78,22 @@ def ingest(
     inputs = list_inputs(path, spec.format)
     digest = content_hash([p for p, _ in inputs], path)
     store = OfflineStore.open(cfg)
-    fault = os.environ.get(FAULT_ENV)
+    empty = [f.name for f, _ in inputs if f.stat().st_size == 0]
+    if len(empty) == len(inputs):
+        return IngestResult(
+            source=source,
+            batch_id="",
+            status="empty",
+            input=str(path.resolve()),
+            files=len(inputs),
+            rows_in=0,
+            rows_accepted=0,
+            rows_quarantined=0,
+            rows_new=0,
+            quarantine_reasons={},
+            warnings=(f"{_names(empty)} empty (0 bytes); nothing was committed",),
+            seconds=round(time.perf_counter() - started, 3),
+        )
     with store.writer_lock():
         previous = store.find_batch(source, digest)
         if previous is not None:
@@ -79,57 +101,97 @@ def ingest(
         now = (now or datetime.now(UTC)).astimezone(UTC)
         batch_id = f"{now:%Y%m%dT%H%M%S}-{digest[:12]}"
         staging = store.staging_dir(batch_id)
-        accepted_parts: list[pa.Table] = []
-        quarantined_parts: list[pa.Table] = []
-        staged: list[StagedFile] = []
-        warnings: list[str] = []
-        for i, (file, fmt) in enumerate(inputs):
-            tick(f"reading {file.name}", i / len(inputs))
-            read = read_file(file, fmt, file.read_bytes(), spec)
-            warnings.extend(read.warnings)
-            checked = validate(read, spec, now=now, max_future=cfg.ingest.max_future, file_index=i)
-            accepted_parts.append(checked.accepted)
-            quarantined_parts.append(checked.quarantined)
-            if any(r.reason == "unreadable_file" for r in read.rejects):
-                staged.append(_keep_whole_file(file, staging, batch_id))
-
-        tick("checking keys", 0.6)
-        unique, duplicates = _deduplicate(accepted_parts, spec, store, [f.name for f, _ in inputs])
-        accepted = _finish(unique, spec, batch_id, now)
-        quarantined = pa.concat_tables([*quarantined_parts, duplicates])
-        reasons = Counter(quarantined.column("reason").to_pylist())
-        tick("statistics", 0.75)
-        stats = batch_stats(accepted, spec)
-        span = stats[spec.event_time]
-        tick("writing", 0.85)
-        staged.extend(_write_data(accepted, spec, staging, batch_id, _low_cardinality(stats)))
-        if accepted.num_rows:
-            staged.append(_write_keys(accepted, spec, staging, batch_id))
-        if quarantined.num_rows:
-            staged.append(_write_quarantine(quarantined, spec, staging, batch_id, now))
-        for item in staged:
-            fsync_file(item.staged)
-        if fault == "after_staging":
-            os.kill(os.getpid(), 9)
-        rows_in = accepted.num_rows + quarantined.num_rows
-        record = BatchRecord(
-            batch_id=batch_id,
-            source=source,
-            content_hash=digest,
-            input=str(path.resolve()),
-            rows_in=rows_in,
-            rows_accepted=accepted.num_rows,
-            rows_quarantined=quarantined.num_rows,
-            quarantine_reasons=dict(sorted(reasons.items())),
-            warnings=tuple(warnings),
-            min_event_time=_text(span.get("min")),
-            max_event_time=_text(span.get("max")),
-            ingested_at=now.isoformat(),
-        )
-        tick("committing", 0.97)
-        store.commit(record, staged, stats, fault_point=fault)
-        tick("done", 1.0)
+        try:
+            record = _stage_and_commit(
+                cfg, spec, store, inputs, path, digest, batch_id, staging, now, tick
+            )
+        except BaseException:  # an error, or Ctrl-C: the batch never existed
+            store.discard_staging(batch_id)
+            raise
     return _result(record, "committed", len(inputs), started)
+
+
+def _names(files: list[str]) -> str:
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return f"{shown} {'is' if len(files) == 1 else 'are'}"
+
+
+def _stage_and_commit(
+    cfg: Config,
+    spec: SourceSpec,
+    store: OfflineStore,
+    inputs: list[tuple[Path, str]],
+    path: Path,
+    digest: str,
+    batch_id: str,
+    staging: Path,
+    now: datetime,
+    tick: Progress,
+) -> BatchRecord:
+    """Read, validate and stage every file, then commit them as one batch."""
+    source = spec.name
+    fault = os.environ.get(FAULT_ENV)
+    accepted_parts: list[pa.Table] = []
+    quarantined_parts: list[pa.Table] = []
+    staged: list[StagedFile] = []
+    warnings: list[str] = []
+    for i, (file, fmt) in enumerate(inputs):
+        tick(f"reading {file.name}", i / len(inputs))
+        data = file.read_bytes()
+        if not data:
+            warnings.append(f"{file.name}: empty (0 bytes)")
+        read = read_file(file, fmt, data, spec, max_value_bytes=cfg.ingest.max_value_bytes)
+        warnings.extend(read.warnings)
+        checked = validate(
+            read,
+            spec,
+            now=now,
+            max_future=cfg.ingest.max_future,
+            max_value_bytes=cfg.ingest.max_value_bytes,
+            file_index=i,
+        )
+        accepted_parts.append(checked.accepted)
+        quarantined_parts.append(checked.quarantined)
+        if any(r.reason == "unreadable_file" for r in read.rejects):
+            staged.append(_keep_whole_file(file, staging, batch_id))
+
+    tick("checking keys", 0.6)
+    unique, duplicates = _deduplicate(accepted_parts, spec, store, [f.name for f, _ in inputs])
+    accepted = _finish(unique, spec, batch_id, now)
+    quarantined = pa.concat_tables([*quarantined_parts, duplicates])
+    reasons = Counter(quarantined.column("reason").to_pylist())
+    tick("statistics", 0.75)
+    stats = batch_stats(accepted, spec)
+    span = stats[spec.event_time]
+    tick("writing", 0.85)
+    staged.extend(_write_data(accepted, spec, staging, batch_id, _low_cardinality(stats)))
+    if accepted.num_rows:
+        staged.append(_write_keys(accepted, spec, staging, batch_id))
+    if quarantined.num_rows:
+        staged.append(_write_quarantine(quarantined, spec, staging, batch_id, now))
+    for item in staged:
+        fsync_file(item.staged)
+    if fault == "after_staging":
+        os.kill(os.getpid(), 9)
+    rows_in = accepted.num_rows + quarantined.num_rows
+    record = BatchRecord(
+        batch_id=batch_id,
+        source=source,
+        content_hash=digest,
+        input=str(path.resolve()),
+        rows_in=rows_in,
+        rows_accepted=accepted.num_rows,
+        rows_quarantined=quarantined.num_rows,
+        quarantine_reasons=dict(sorted(reasons.items())),
+        warnings=tuple(warnings),
+        min_event_time=_text(span.get("min")),
+        max_event_time=_text(span.get("max")),
+        ingested_at=now.isoformat(),
+    )
+    tick("committing", 0.97)
+    store.commit(record, staged, stats, fault_point=fault)
+    tick("done", 1.0)
+    return record
 
 
 def _result(record: BatchRecord, status: str, files: int, started: float) -> IngestResult:
@@ -142,6 +204,7 @@ def _result(record: BatchRecord, status: str, files: int, started: float) -> Ing
         rows_in=record.rows_in,
         rows_accepted=record.rows_accepted,
         rows_quarantined=record.rows_quarantined,
+        rows_new=record.rows_accepted if status == "committed" else 0,
         quarantine_reasons=dict(record.quarantine_reasons),
         warnings=record.warnings,
         seconds=round(time.perf_counter() - started, 3),

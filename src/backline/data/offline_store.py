@@ -250,6 +250,15 @@ class OfflineStore:
         path.mkdir(parents=True)
         return path
 
+    def discard_staging(self, batch_id: str) -> None:
+        """After a write that failed with the lock still held: remove what the batch staged,
+        and any file it had already moved into place (no committed batch names those)."""
+        shutil.rmtree(self.root / "_staging" / batch_id, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.root / "_staging").rmdir()
+        with contextlib.suppress(StoreError, OSError):  # a broken catalog: the next writer will
+            self.recover()
+
     def recover(self) -> list[str]:
         """Delete files no committed batch owns: leftovers of a writer that died."""
         removed: list[str] = []

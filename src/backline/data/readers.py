@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ EXTENSIONS = {
 }
 LINE = "__line"  # physical line where the record starts (1 = header line); row ordinal for Parquet
 RAW = "__raw"  # original text of the record when the reader has it (JSON Lines), else null
+_BLOCK = 1 << 24  # Arrow's CSV block: a record must fit in one (a bigger one is retried whole)
+_MAX_BLOCK = (1 << 31) - 1
 _MAX_QUOTED_LINES = 64  # a quoted value may span at most this many lines before we call it broken
 
 
@@ -114,9 +117,14 @@ def content_hash(files: Iterable[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def read_file(path: Path, fmt: str, data: bytes, spec: SourceSpec) -> FileRead:
+def read_file(
+    path: Path, fmt: str, data: bytes, spec: SourceSpec, *, max_value_bytes: int | None = None
+) -> FileRead:
+    """Read one file. `max_value_bytes` is the biggest value validation will accept: the CSV
+    reader makes sure values up to it (and beyond) are read whole, so the verdict on a big
+    value is `too_long` from validation, never a parse failure."""
     if fmt == "csv":
-        return _read_csv(path, data, spec)
+        return _read_csv(path, data, spec, max_value_bytes or 0)
     if fmt == "jsonl":
         return _read_jsonl(path, data, spec)
     return _read_parquet(path, data, spec)
@@ -126,7 +134,7 @@ def read_file(path: Path, fmt: str, data: bytes, spec: SourceSpec) -> FileRead:
 # CSV
 
 
-def _read_csv(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
+def _read_csv(path: Path, data: bytes, spec: SourceSpec, max_value_bytes: int = 0) -> FileRead:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if spec.encoding.lower().replace("-", "") not in ("utf8",):
@@ -169,10 +177,11 @@ def _read_csv(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
         )
         return "skip"
 
-    try:
-        table = pacsv.read_csv(
+    def parse(block_size: int) -> pa.Table:
+        invalid.clear()
+        return pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
             parse_options=pacsv.ParseOptions(
                 delimiter=spec.delimiter,
                 quote_char='"' if b'"' in data else False,
@@ -182,6 +191,16 @@ def _read_csv(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
                 column_types={name: pa.string() for name in header}, strings_can_be_null=False
             ),
         )
+
+    block = min(max(_BLOCK, max_value_bytes + (1 << 16)), _MAX_BLOCK)
+    try:
+        try:
+            table = parse(block)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) or len(data) < block:
+                raise
+            # a record bigger than a block: read the file as one block (it is in memory anyway)
+            table = parse(min(len(data) + 1, _MAX_BLOCK))
     except pa.ArrowInvalid:
         return _read_csv_careful(path, data, spec)
     # Arrow numbers rows by non-blank line (header = 1). That maps to physical lines only when
@@ -211,6 +230,17 @@ def _nonblank_lines(data: bytes) -> np.ndarray:
 
 
 def _read_csv_careful(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
+    # Python's csv module refuses fields over its own limit (131072 characters by default);
+    # the size of a value is for validation to judge (ingest.max_value_bytes), so lift it.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, min(len(data) + 1, sys.maxsize)))
+    try:
+        return _read_csv_records(path, data, spec)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _read_csv_records(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
     raw_lines = data.split(b"\n")
     rejects: list[Reject] = []
     rows: list[list[str]] = []
@@ -403,8 +433,25 @@ def _read_parquet(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
             str(path),
         )
         return FileRead(path, "parquet", _empty_table(spec), [reject])
+    names = table.column_names
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    ours = [i for i, n in enumerate(names) if n in (LINE, RAW) or n in dupes]
+    if ours:  # columns no declaration can name, or names that say nothing about which is which
+        table = _without(table, ours)
     table = table.append_column(LINE, pa.array(np.arange(1, table.num_rows + 1), pa.int64()))
-    return _conform(path, "parquet", table, [], spec)
+    result = _conform(path, "parquet", table, [], spec)
+    if dupes:
+        result.whole_file_reason = (
+            "malformed_header",
+            f"{path.name} repeats column {dupes[0]!r}; rename one of them",
+        )
+    return result
+
+
+def _without(table: pa.Table, positions: list[int]) -> pa.Table:
+    for i in sorted(positions, reverse=True):
+        table = table.remove_column(i)
+    return table
 
 
 # --------------------------------------------------------------------------------------------

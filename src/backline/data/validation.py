@@ -20,7 +20,7 @@ Reason codes are stable, since dashboards and alerts count them:
     out_of_range                below min or above max
     not_allowed                 not one of the allowed values
     pattern_mismatch            does not match the declared pattern
-    too_long                    longer than max_length
+    too_long                    longer than max_length, or bigger than ingest.max_value_bytes
     timestamp_without_timezone  a timestamp with no offset: backline never guesses a zone
     timestamp_in_future         later than ingest time + ingest.max_future
     timestamp_too_old           earlier than the column's not_before
@@ -30,11 +30,12 @@ Reason codes are stable, since dashboards and alerts count them:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -114,9 +115,14 @@ def validate(
     *,
     now: datetime,
     max_future: timedelta,
+    max_value_bytes: int | None = None,
     file_index: int = 0,
 ) -> Checked:
-    """Type and check every parsed row of `read`; rejects from the reader join the quarantine."""
+    """Type and check every parsed row of `read`; rejects from the reader join the quarantine.
+
+    `max_value_bytes` bounds the size of one value of any declared column (None: no bound);
+    a bigger value is `too_long`, whatever the input format.
+    """
     table = read.table
     n = table.num_rows
     failed = np.zeros(n, dtype=np.int16)  # 0 = passes, k = failures[k - 1] is its first failure
@@ -142,7 +148,7 @@ def validate(
             if col.name in (*spec.primary_key, spec.event_time):  # keys and event time must exist
                 col = dataclasses.replace(col, required=True)
             values, checks = _check_column(
-                col, table.column(col.name).combine_chunks(), now, max_future
+                col, table.column(col.name).combine_chunks(), now, max_future, max_value_bytes
             )
             typed[col.name] = values
             for mask, failure in checks:
@@ -215,18 +221,39 @@ def rejects_table(read: FileRead) -> pa.Table:
 
 
 def _check_column(
-    col: ColumnSpec, values: pa.Array, now: datetime, max_future: timedelta
+    col: ColumnSpec,
+    values: pa.Array,
+    now: datetime,
+    max_future: timedelta,
+    max_value_bytes: int | None = None,
 ) -> tuple[pa.Array, list[tuple[np.ndarray, _Failure]]]:
     """(typed values, [(rows failing, why)] in check order) for one declared column."""
     name = col.name
     target = ARROW_TYPES[col.type]
-    text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
     checks: list[tuple[np.ndarray, _Failure]] = []
 
     def fail(mask: pa.Array | np.ndarray, reason: str, message: Message) -> None:
         if isinstance(mask, pa.Array | pa.ChunkedArray):
             mask = _np(mask)
         checks.append((mask, _Failure(reason, name, message)))
+
+    values, unreadable = _readable(col, values)
+    if unreadable is not None:
+        bad, why = unreadable
+        fail(bad, "type_mismatch", lambda _v: why)
+    text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    if text and max_value_bytes is not None:
+        over = _np(pc.greater(pc.binary_length(values), max_value_bytes))
+        if over.any():  # keep a huge value out of every later kernel
+            fail(
+                over,
+                "too_long",
+                lambda _v: (
+                    f"{name} is bigger than ingest.max_value_bytes = {max_value_bytes:,} bytes; "
+                    "fix the value, or raise ingest.max_value_bytes"
+                ),
+            )
+            values = pc.if_else(pa.array(over), pa.scalar(None, values.type), values)
 
     if text:
         missing = _np(pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(values), 0)))
@@ -254,6 +281,12 @@ def _check_column(
                 lambda v: f"{name} = {v} is not a valid timestamp",
             )
         elif pa.types.is_timestamp(values.type) and values.type.tz is not None:
+            ticks = pc.cast(values, pa.int64())
+            first_tick, last_tick = _TICKS[values.type.unit]
+            outside = _np(pc.or_kleene(pc.less(ticks, first_tick), pc.greater(ticks, last_tick)))
+            fail(outside, "type_mismatch", lambda v: f"{name} = {v} is outside years 1-9999")
+            if outside.any():  # a coarse unit would overflow microseconds
+                values = pc.if_else(pa.array(outside), pa.scalar(None, values.type), values)
             typed = pc.cast(values, target, safe=False)  # ns -> us truncates; the instant is kept
         else:
             kind = str(values.type)
@@ -277,6 +310,13 @@ def _check_column(
             lambda v: f"{name} = {v} is not a valid {col.type}",
         )
     typed = typed.cast(target) if typed.type != target else typed
+    if col.type in ("timestamp", "date"):  # beyond these, Python (and the statistics) cannot go
+        first, last = _YEARS[col.type]
+        fail(
+            pc.or_kleene(pc.less(typed, first), pc.greater(typed, last)),
+            "type_mismatch",
+            lambda v: f"{name} = {v} is outside years 1-9999",
+        )
 
     if col.type == "float64":
         fail(
@@ -333,6 +373,91 @@ def _check_column(
     return typed, checks
 
 
+_US = 10**6
+_FIRST = datetime(1, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_YEARS = {
+    "timestamp": (
+        pa.scalar(_FIRST, pa.timestamp("us", tz="UTC")),
+        pa.scalar(_LAST, pa.timestamp("us", tz="UTC")),
+    ),
+    "date": (pa.scalar(_FIRST.date(), pa.date32()), pa.scalar(_LAST.date(), pa.date32())),
+}
+_EPOCH_US = (-62135596800 * _US, 253402300799 * _US + 999999)  # years 1 and 9999, microseconds
+_TICKS = {  # the same bounds in each timestamp unit (ns always fits)
+    "s": (_EPOCH_US[0] // _US, _EPOCH_US[1] // _US),
+    "ms": (_EPOCH_US[0] // 1000, _EPOCH_US[1] // 1000),
+    "us": _EPOCH_US,
+    "ns": (-(2**63), 2**63 - 1),
+}
+_NESTED = (
+    pa.types.is_list,
+    pa.types.is_large_list,
+    pa.types.is_fixed_size_list,
+    pa.types.is_struct,
+    pa.types.is_map,
+    pa.types.is_union,
+)
+
+
+def _readable(col: ColumnSpec, values: pa.Array) -> tuple[pa.Array, tuple[np.ndarray, str] | None]:
+    """Values as stored (Parquet) in a form the checks take, and the rows that cannot be read.
+
+    Text stays text. A nested value, bytes that are not UTF-8, or a type with no conversion to
+    the declared one is a type_mismatch of its row, never an error of the whole file. A value
+    that Arrow cannot convert exactly is judged by its text, as it would be in a CSV file.
+    """
+    name = col.name
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return values, None
+    if pa.types.is_null(kind):
+        return pa.nulls(len(values), pa.string()), None
+    present = _np(pc.is_valid(values))
+    if any(test(kind) for test in _NESTED) or getattr(pa.types, "is_list_view", _no)(kind):
+        why = f"{name} holds a nested value ({kind}), not a {col.type}; flatten it in the file"
+        return pa.nulls(len(values), pa.string()), (present, why)
+    if (
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or (pa.types.is_fixed_size_binary(kind))
+    ):
+        try:
+            return pc.cast(values, pa.string()), None
+        except pa.ArrowInvalid:  # some values are not UTF-8: those rows, not the file
+            decoded, bad = [], np.zeros(len(values), dtype=bool)
+            for i, raw in enumerate(values.to_pylist()):
+                try:
+                    decoded.append(None if raw is None else raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    decoded.append(None)
+                    bad[i] = True
+            why = f"{name} holds bytes that are not UTF-8 text"
+            return pa.array(decoded, pa.string()), (bad, why)
+    if col.type == "timestamp" and pa.types.is_timestamp(kind):
+        return values, None  # zone or not, the timestamp checks judge it
+    target = ARROW_TYPES[col.type]
+    if col.type != "string" and col.type != "timestamp":
+        try:
+            pc.cast(values, target)
+            return values, None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    if col.type == "timestamp":
+        return values, None  # stored without a zone: the timestamp checks say so
+    try:
+        return pc.cast(values, pa.string()), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        why = f"{name} is stored as {kind}, which cannot be read as {col.type}"
+        return pa.nulls(len(values), pa.string()), (present, why)
+
+
+def _no(_kind: pa.DataType) -> bool:
+    return False
+
+
 def _try_cast(values: pa.Array, target: pa.DataType) -> pa.Array:
     """Arrow's strict cast when every value converts; otherwise DuckDB's TRY_CAST per value."""
     try:
@@ -357,9 +482,24 @@ def _np(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _as_text(values: pa.ChunkedArray) -> list[str | None]:
+    """Each value as text for the quarantine's raw record, whatever its stored type."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return values.to_pylist()
-    return [None if v is None else str(v) for v in values.to_pylist()]
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if not any(test(values.type) for test in _NESTED):
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return pc.cast(values, pa.string()).to_pylist()  # no Python objects: any range
+    out: list[str | None] = []
+    for scalar in values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values:
+        if not scalar.is_valid:
+            out.append(None)
+            continue
+        try:
+            out.append(json.dumps(scalar.as_py(), default=str))
+        except (ValueError, OverflowError, TypeError):
+            out.append(str(scalar))
+    return out
 
 
 def _clip(value: str, limit: int = 80) -> str:
