@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from backline.cli import main
-from backline.core.config import Config
+from backline.core.config import Config, load_config
 from backline.core.errors import InputError, NotFoundError
 from backline.data.ingest import ingest
 from backline.data.offline_store import OfflineStore
@@ -89,6 +89,8 @@ def test_reingesting_the_same_content_is_a_no_op(cfg: Config, tmp_path: Path) ->
     assert first.status == "committed" and again.status == "already_ingested"
     assert again.batch_id == first.batch_id
     assert (again.rows_in, again.rows_accepted, again.rows_quarantined) == (51, 50, 1)
+    assert (first.rows_new, again.rows_new) == (50, 0)  # the counts are the first batch's
+    assert again.to_json()["rows_new"] == 0
     assert query(cfg, "SELECT count(*) FROM transactions") == [(50,)]
     assert query(cfg, "SELECT count(*) FROM quarantine") == [(1,)]
     assert query(cfg, "SELECT count(*) FROM batches") == [(1,)]
@@ -503,3 +505,86 @@ def test_a_failed_ingest_leaves_no_staging_folder(
     assert [p for p in offline.rglob("*") if p.is_file() and p.name != ".lock"] == []
     monkeypatch.undo()
     assert ingest(cfg, "transactions", path).status == "committed"
+
+
+def _big_value_rows(sizes: list[int], *, quoted_newline: bool = False) -> list[str]:
+    """One row per size, its device_id that many bytes long (quoted, so Arrow's and Python's
+    CSV readers both parse it); optionally a row whose quoted value spans two lines, which
+    sends the file down the careful path."""
+    rows = [row(i + 1).replace("dev_00000001", f'"{"d" * size}"') for i, size in enumerate(sizes)]
+    if quoted_newline:
+        rows.append(row(len(sizes) + 1).replace("dev_00000001", '"dev\n1"'))
+    return rows
+
+
+@pytest.mark.parametrize("careful", [False, True], ids=["arrow_reader", "careful_reader"])
+def test_value_size_limit_is_too_long_at_one_configurable_limit(
+    project: Path, tmp_path: Path, careful: bool
+) -> None:
+    limit = 300_000
+    cfg = load_config(project, env={"BACKLINE_INGEST_MAX_VALUE_BYTES": str(limit)})
+    # 131072 was Python's csv field limit: values around it, and around the configured limit
+    sizes = [131_071, 131_072, 131_073, limit - 1, limit, limit + 1, 3 * limit]
+    path = write_csv(tmp_path / "big.csv", _big_value_rows(sizes, quoted_newline=careful))
+    result = ingest(cfg, "transactions", path)
+    assert result.rows_accepted == 5 + careful
+    assert result.quarantine_reasons == {"too_long": 2}
+    rows = query(cfg, 'SELECT line, reason, "column", message FROM quarantine ORDER BY line')
+    assert [(line, reason, column) for line, reason, column, _ in rows] == [
+        (7, "too_long", "device_id"),
+        (8, "too_long", "device_id"),
+    ]
+    assert "device_id is bigger than ingest.max_value_bytes = 300,000 bytes" in rows[0][3]
+    kept = query(cfg, "SELECT length(device_id) FROM transactions ORDER BY 1")
+    assert [n for (n,) in kept if n > 5] == sizes[:5]
+
+
+def test_value_size_limit_is_the_same_in_jsonl_and_parquet(project: Path, tmp_path: Path) -> None:
+    cfg = load_config(project, env={"BACKLINE_INGEST_MAX_VALUE_BYTES": "1000"})
+    lines = [
+        {"transaction_id": tx_id(i + 1), "card_id": "card_0000001", "merchant_id": "m_000001",
+         "merchant_category": "grocery", "amount": 1.5, "currency": "USD", "country": "US",
+         "channel": "pos", "device_id": "é" * (size // 2), "event_time": "2026-01-02T10:00:00Z"}
+        for i, size in enumerate([1000, 1002])  # bytes as UTF-8: 'é' is two
+    ]  # fmt: skip
+    jsonl = tmp_path / "big.jsonl"
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert ingest(cfg, "transactions", jsonl).quarantine_reasons == {"too_long": 1}
+    parquet = tmp_path / "big.parquet"
+    table = pa.Table.from_pylist(lines).set_column(
+        9, "event_time", pa.array([1767348000] * 2).cast(pa.timestamp("s", tz="UTC"))
+    )
+    pq.write_table(table, parquet)
+    result = ingest(cfg, "transactions", parquet)
+    assert result.quarantine_reasons == {"too_long": 1, "duplicate_key": 1}
+    assert query(cfg, "SELECT reason, \"column\" FROM quarantine WHERE reason = 'too_long'") == [
+        ("too_long", "device_id"),
+        ("too_long", "device_id"),
+    ]
+
+
+def test_max_length_is_too_long_whatever_the_size(cfg: Config, tmp_path: Path) -> None:
+    rows = [row(1).replace("m_000001", "m" * size) for size in (33, 200_000)]
+    path = write_csv(tmp_path / "t.csv", [rows[0], rows[1].replace(tx_id(1), tx_id(2))])
+    result = ingest(cfg, "transactions", path)
+    assert result.quarantine_reasons == {"too_long": 2}
+    assert query(cfg, 'SELECT DISTINCT "column", message FROM quarantine') == [
+        ("merchant_id", "merchant_id is longer than 32 characters")
+    ]
+
+
+@pytest.mark.slow
+def test_a_value_bigger_than_a_reader_block_gets_the_same_verdict(
+    cfg: Config, tmp_path: Path
+) -> None:
+    """Arrow reads CSV in 16 MiB blocks; the default limit is 16 MiB. A record bigger than a
+    block used to fall to Python's csv module, which called a 50 MB value malformed_row."""
+    limit = cfg.ingest.max_value_bytes
+    assert limit == 16 * 1024 * 1024
+    path = write_csv(tmp_path / "huge.csv", _big_value_rows([limit, limit + 1, 50_000_000]))
+    result = ingest(cfg, "transactions", path)
+    assert (result.rows_accepted, result.quarantine_reasons) == (1, {"too_long": 2})
+    assert query(cfg, 'SELECT line, "column" FROM quarantine ORDER BY line') == [
+        (3, "device_id"),
+        (4, "device_id"),
+    ]
