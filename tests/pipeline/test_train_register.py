@@ -144,10 +144,12 @@ def test_running_a_finished_train_again_registers_nothing_new(trained_project: C
         trained_project,
         train=dataclasses.replace(trained_project.train, seed=2, max_steps=20),
     )
-    first = train_and_register(cfg, progress=False)
+    steps: list[int] = []
+    first = train_and_register(cfg, progress=False, on_progress=lambda p: steps.append(p.step))
     assert not first.already_registered and first.train.samples_per_second > 0
-    again = train_and_register(cfg, progress=False)
-    assert again.already_registered
+    assert steps == list(range(1, 21))  # progress after every step
+    again = train_and_register(cfg, progress=False, on_progress=lambda p: steps.append(p.step))
+    assert again.already_registered and len(steps) == 20
     assert again.version == first.version
     assert again.train.resumed_from == again.train.steps == 20  # nothing was trained this time
     # the throughput of the process that trained, not 0 samples/s (also the time after)

@@ -15,7 +15,13 @@ import pytest
 import torch
 
 from backline.core.errors import ConfigError
-from backline.train.loop import LOSS_LOG, TrainingInterrupted, fit, prepare_run_dir
+from backline.train.loop import (
+    LOSS_LOG,
+    TrainingInterrupted,
+    TrainProgress,
+    fit,
+    prepare_run_dir,
+)
 from backline.train.state import (
     DataOrder,
     LossLog,
@@ -151,3 +157,35 @@ def _train_until_sigterm(run: Path, at_step: int) -> int:
         fit(small_spec(), synthetic_data(), run)
     sender.join()
     return int(str(info.value).split("at step ")[1].split()[0])
+
+
+def test_progress_reports_steps_loss_throughput_and_time_left(tmp_path: Path) -> None:
+    spec = small_spec(max_steps=30, checkpoint_every=15)
+    prepare_run_dir(tmp_path, spec, synthetic_data())
+    reports: list[TrainProgress] = []
+    fit(spec, synthetic_data(), tmp_path, notify=lambda _: None, on_progress=reports.append)
+    assert [r.step for r in reports] == list(range(1, 31))
+    assert {r.total for r in reports} == {30}
+    losses = [float.fromhex(line.split()[1]) for line in read_lines(tmp_path / LOSS_LOG)]
+    assert [r.loss for r in reports] == losses
+    assert all(r.samples_per_second > 0 for r in reports)
+    assert all(r.eta_seconds is not None and r.eta_seconds >= 0 for r in reports)
+    assert reports[-1].eta_seconds == 0
+    # a finished run reports no step, and the report's fields are what the bar shows
+    again: list[TrainProgress] = []
+    fit(spec, synthetic_data(), tmp_path, notify=lambda _: None, on_progress=again.append)
+    assert again == []
+
+
+def test_progress_figures_from_elapsed_time() -> None:
+    from backline.train import loop
+
+    report = loop._report(15, 5, 25, 0.5, 2.0, 64)  # 10 steps of 64 examples in 2 s
+    assert report.samples_per_second == pytest.approx(320)
+    assert report.eta_seconds == pytest.approx(2.0)  # 10 steps left at 5 steps/s
+    assert loop._report(5, 5, 25, 0.5, 2.0, 64).eta_seconds is None
+    assert loop._clock(4.2) == "0:04" and loop._clock(3725) == "1:02:05"
+
+
+def read_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]

@@ -14,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from backline.registry.serving import (
     read_package,
 )
 from backline.train.data import TrainingSet, build_training_set
+from backline.train.loop import TrainProgress
 from backline.train.preprocess import Preprocessor
 from backline.train.run import TrainResult, load_model, run_training
 
@@ -66,23 +70,39 @@ def train_and_register(
     device: str = "cpu",
     actor: str | None = None,
     progress: bool = True,
+    on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> Released:
     """Train (or resume, or find finished) the run, package it, and register it once.
 
     Every store this needs (offline folder and catalog, registry database, artifact folder) is
     checked first, so a registry that is down fails in a second, not after training. A run whose
     package is already registered returns that version (`already_registered=True`).
+
+    `progress`: on a terminal, stderr shows each stage and a training bar (steps, loss,
+    samples/s, ETA). `on_progress` receives those figures after every step (nproc=1).
     """
-    check_stores(cfg)
-    result = run_training(
-        cfg,
-        service=service,
-        max_steps=max_steps,
-        resume=resume,
-        nproc=nproc,
-        device=device,
-        progress=progress,
-    )
+    stage = _Stages(progress)
+    with stage("checking the stores"):
+        check_stores(cfg)
+    with stage("building the training set and training"):
+        result = run_training(
+            cfg,
+            service=service,
+            max_steps=max_steps,
+            resume=resume,
+            nproc=nproc,
+            device=device,
+            progress=progress,
+            on_progress=on_progress,
+        )
+    with stage("writing and measuring the serving package"):
+        released = _package_and_register(cfg, result, model_name, actor)
+    return released
+
+
+def _package_and_register(
+    cfg: Config, result: TrainResult, model_name: str, actor: str | None
+) -> Released:
     ts = _training_set(cfg, result)
     model = load_model(result.run_dir)
     pre = Preprocessor.from_json(result.preprocess_path.read_text())
@@ -138,6 +158,29 @@ def gate(
     ts = build_training_set(cfg, service=cfg.train.service)
     with open_registry(cfg) as registry:
         return gate_version(cfg, registry, model_name, version, ts.holdout, remeasure=remeasure)
+
+
+class _Stages:
+    """A spinner on stderr naming the current stage; nothing unless it is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._console = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+
+    @contextmanager
+    def __call__(self, text: str) -> Iterator[None]:
+        if self._console is None:
+            yield
+            return
+        if text.endswith("training"):  # the training bar draws itself; a spinner would fight it
+            self._console.print(f"[dim]{text}...[/]")
+            yield
+            return
+        with self._console.status(text):
+            yield
 
 
 def check_stores(cfg: Config) -> None:

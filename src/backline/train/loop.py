@@ -185,8 +185,13 @@ def fit(
     ctx: DistContext | None = None,
     progress: bool = False,
     notify: Callable[[str], None] | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> FitResult:
-    """Train to spec.max_steps, resuming from the newest good checkpoint in run_dir/checkpoints."""
+    """Train to spec.max_steps, resuming from the newest good checkpoint in run_dir/checkpoints.
+
+    `progress` draws a bar on stderr (a terminal only); `on_progress` is called after every
+    step with a TrainProgress (main process only).
+    """
     ctx = ctx or DistContext()
     say = notify or _stderr
     started = time.perf_counter()
@@ -245,6 +250,8 @@ def fit(
         first_step, loss_value, blocked, written = step, None, 0.0, 0
         interrupted = False
         bar = _Progress(spec.max_steps, step) if progress and ctx.is_main else None
+        watch = bar is not None or (on_progress is not None and ctx.is_main)
+        t_first = time.perf_counter()
         try:
             model.train()
             while step < spec.max_steps:
@@ -260,8 +267,19 @@ def fit(
                 loss_value = total / ctx.world_size
                 if log is not None:
                     log.append(step, loss_value)
-                if bar is not None:
-                    bar.update(step, loss_value)
+                if watch:
+                    report = _report(
+                        step,
+                        first_step,
+                        spec.max_steps,
+                        loss_value,
+                        time.perf_counter() - t_first,
+                        spec.batch_size * ctx.world_size,
+                    )
+                    if bar is not None:
+                        bar.update(report)
+                    if on_progress is not None and ctx.is_main:
+                        on_progress(report)
                 interrupted = stops > 0
                 final = step == spec.max_steps or interrupted
                 if step % spec.checkpoint_every == 0 or final:
@@ -397,8 +415,31 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where training stands after a step: what the progress bar shows."""
+
+    step: int
+    total: int
+    loss: float
+    samples_per_second: float
+    """Examples per second over the steps this process ran, summed over workers."""
+    eta_seconds: float | None
+    """Time left at that rate; None before a step has been timed."""
+
+
+def _report(
+    step: int, first: int, total: int, loss: float, elapsed: float, per_step: int
+) -> TrainProgress:
+    """`elapsed` seconds since step `first`; `per_step` examples per step over all workers."""
+    ran = step - first
+    steps_per_second = ran / elapsed if elapsed > 0 and ran else 0.0
+    eta = (total - step) / steps_per_second if steps_per_second > 0 else None
+    return TrainProgress(step, total, loss, steps_per_second * per_step, eta)
+
+
 class _Progress:
-    """A rich progress bar on stderr with steps/s and the loss; only on a terminal."""
+    """A rich progress bar on stderr: steps, loss, samples/s and the time left; terminal only."""
 
     def __init__(self, total: int, done: int) -> None:
         self._bar = None
@@ -411,23 +452,39 @@ class _Progress:
             TextColumn("training"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>8.1f} steps/s  loss {task.fields[loss]:.4f}"),
+            TextColumn(
+                "loss {task.fields[loss]:.4f}  {task.fields[rate]:>9,.0f} samples/s  "
+                "ETA {task.fields[eta]}"
+            ),
             console=Console(stderr=True),
             transient=True,
         )
-        self._task = self._bar.add_task("train", total=total, completed=done, rate=0.0, loss=0.0)
-        self._t0, self._done0 = time.perf_counter(), done
+        self._task = self._bar.add_task(
+            "train", total=total, completed=done, rate=0.0, loss=0.0, eta="-"
+        )
         self._bar.start()
 
-    def update(self, step: int, loss: float) -> None:
-        if self._bar is None or step % 10:
+    def update(self, report: TrainProgress) -> None:
+        if self._bar is None or (report.step % 10 and report.step != report.total):
             return
-        rate = (step - self._done0) / max(time.perf_counter() - self._t0, 1e-9)
-        self._bar.update(self._task, completed=step, rate=rate, loss=loss)
+        eta = "-" if report.eta_seconds is None else _clock(report.eta_seconds)
+        self._bar.update(
+            self._task,
+            completed=report.step,
+            rate=report.samples_per_second,
+            loss=report.loss,
+            eta=eta,
+        )
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _stderr(message: str) -> None:

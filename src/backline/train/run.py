@@ -29,7 +29,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -51,6 +51,7 @@ from backline.train.loop import (
     FitResult,
     TensorData,
     TrainingInterrupted,
+    TrainProgress,
     TrainSpec,
     fit,
     prepare_run_dir,
@@ -115,8 +116,13 @@ def run_training(
     nproc: int = 1,
     device: str = "cpu",
     progress: bool = True,
+    on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> TrainResult:
-    """Build the training set, fit the preprocessing, train (resumably), evaluate the holdout."""
+    """Build the training set, fit the preprocessing, train (resumably), evaluate the holdout.
+
+    `progress` draws a bar on stderr when it is a terminal (steps, loss, samples/s, ETA);
+    `on_progress` receives the same figures after every step (one process only: nproc=1).
+    """
     if resume not in RESUME_MODES:
         raise UsageError(f"--resume {resume!r} is not a mode; use auto or never.")
     if nproc < 1:
@@ -174,7 +180,7 @@ def run_training(
                 torch.cuda.set_device(0)
             ctx = DistContext(device="cuda:0" if device == "cuda" else "cpu")
             data = TensorData.load(run_dir / TRAIN_DATA)
-            fitted = fit(spec, data, run_dir, ctx=ctx, progress=progress)
+            fitted = fit(spec, data, run_dir, ctx=ctx, progress=progress, on_progress=on_progress)
         else:
             fitted = _fit_distributed(run_dir, nproc, t.max_restarts, device, progress)
         fitted = _carry_figures(run_dir, fitted, previous)
