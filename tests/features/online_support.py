@@ -80,6 +80,7 @@ amount_ratio = OnDemandFeature(
     function=lambda amount, mean: amount / mean,
 )
 test_v1 = FeatureService("test_v1", [card_stats, card_last, merchant_stats, amount_ratio])
+windows_v1 = FeatureService("windows_v1", [card_stats, merchant_stats])
 """
 
 _counter = itertools.count(1)

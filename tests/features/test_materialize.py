@@ -23,7 +23,7 @@ from backline.data.offline_store import OfflineStore
 from backline.features import online, online_redis, online_sqlite
 from backline.features.definitions import Definitions
 from backline.features.materialize import materialize, push
-from backline.features.online import get_online_features, open_online_store
+from backline.features.online import OnlineRangeError, get_online_features, open_online_store
 from backline.features.online_store import FAULT_ENV
 from backline.features.repository import load_definitions, require_applied
 from tests.features.online_support import (
@@ -159,12 +159,54 @@ def test_a_range_recomputes_state_as_of_end(proj: tuple[Config, Definitions]) ->
     check(cfg, defs, rows, [CARD], T0)
     windowed = materialize(cfg, defs, start=T0 - minutes(45), end=end)
     assert windowed.views[0].rows == 2
-    got = read(cfg, defs, [CARD], end)[0]
-    assert got["n_1h"] == 2 and got["sum_1h"] == 75.0
+    # the event at T0 - 55m, before start, was not read: a window that reaches before start
+    # is refused instead of being answered from the two events that were (n_1h = 2)
+    with pytest.raises(OnlineRangeError, match=r"'card_stats' for card_id=card_0000001 at "):
+        read(cfg, defs, [CARD], end)
     covering = materialize(cfg, defs, end=T0 + minutes(1))  # leaves nothing out: a watermark
     assert {v.batches for v in covering.views} == {1}
     assert {v.batches for v in materialize(cfg, defs, incremental=True).views} == {0}
     check(cfg, defs, rows, [CARD], T0 + minutes(1))
+
+
+def test_a_read_before_the_materialized_end_is_exact_or_refused(
+    proj: tuple[Config, Definitions],
+) -> None:
+    """Materialized up to END, a read at an earlier time is the training-set value or an
+    OnlineRangeError naming the time range and the fix, never a silently wrong 0/missing."""
+    cfg, defs = proj
+    end = T0 + timedelta(days=3)
+    busy = [tx(CARD, T0 + timedelta(hours=h), h + 1.0) for h in range(0, 72, 6)]  # 3 days
+    quiet = [tx(OTHER, T0 + minutes(m), 5.0, merchant="m_000002") for m in (60, 90)]
+    rows = busy + quiet
+    ingest_rows(cfg, rows)
+    materialize(cfg, defs, end=end)
+    early = T0 + timedelta(hours=40)
+    # the quiet card's whole history is stored: its windows are answered at any time
+    entity = {"card_id": OTHER, "merchant_id": "m_000002"}
+    for at in (T0, T0 + minutes(90), early, end):
+        got = get_online_features(cfg, defs, "windows_v1", [entity], at=at).to_dicts()[0]
+        assert_matches(got, reference(defs, "windows_v1", rows, entity, at), f"{at}")
+    assert got["n_1h"] == 0 and got["m_n_1h"] == 0  # not "missing": both events were read
+    # the busy card's events older than a day before its latest were dropped: refused
+    busy_entity = {"card_id": CARD, "merchant_id": "m_000001"}
+    with pytest.raises(OnlineRangeError) as refused:
+        get_online_features(cfg, defs, "windows_v1", [busy_entity], at=early)
+    message = str(refused.value)
+    assert "'card_stats' for card_id=card_0000001 at 2026-01-12T04:00:00Z" in message
+    assert "reads from 2026-01-13T06:00:00Z on" in message  # latest event (66h) - 1d + 1d
+    assert "materialize with --end 2026-01-12T04:00:00Z" in message
+    assert "backline features history" in message
+    # a plain view's stored row is newer than `at`: refused, though its windows would not be
+    with pytest.raises(OnlineRangeError, match=r"'card_last' for card_id=card_0000002"):
+        get_online_features(cfg, defs, "test_v1", [entity], request_rows=[{"amount": 1.0}], at=T0)
+    # doing what the message says makes the read exact
+    materialize(cfg, defs, end=early)
+    got = get_online_features(
+        cfg, defs, "test_v1", [busy_entity], request_rows=[{"amount": 9.0}], at=early
+    ).to_dicts()[0]
+    assert_matches(got, reference(defs, "test_v1", rows, busy_entity, early, {"amount": 9.0}))
+    assert got["n_1h"] == 0 and got["sum_1h"] is None and got["distinct_countries_1d"] == 1
 
 
 def test_push_makes_a_new_event_visible_in_the_next_read(proj: tuple[Config, Definitions]) -> None:
@@ -294,6 +336,7 @@ events = st.lists(
             "device": st.sampled_from([None, "dev_1", "dev_2"]),
             "country": st.sampled_from(["US", "FR"]),
             "batch": st.integers(0, 2),
+            "day": st.sampled_from([0, 0, 0, 1]),  # a day later: older events leave the state
         }
     ),
     min_size=1,
@@ -308,6 +351,7 @@ def _property(
     same_ingest: bool,
     incremental: bool,
     offset: int,
+    before: int = 0,
 ) -> None:
     cfg, defs = make_project(Path(tempfile.mkdtemp(dir=tmp)) / "p", redis=redis)
     rows: list[dict[str, Any]] = []
@@ -316,7 +360,7 @@ def _property(
             batch = [
                 tx(
                     e["card"],
-                    T0 + minutes(e["minute"]),
+                    T0 + timedelta(days=e["day"]) + minutes(e["minute"]),
                     e["amount"],
                     merchant=e["merchant"],
                     device=e["device"],
@@ -364,36 +408,104 @@ def _property(
                     {k: h[k] for k in g},  # every output, and the entity keys
                     f"history, {g['card_id']} at {at}",
                 )
+        if before:
+            _read_before_the_latest_event(cfg, defs, rows, entities, at - minutes(before))
     online.clear_caches()
 
 
+def _read_before_the_latest_event(
+    cfg: Config,
+    defs: Definitions,
+    rows: list[dict[str, Any]],
+    entities: list[dict[str, str]],
+    at: datetime,
+) -> None:
+    """A read at a time before the latest stored event is the training-set value at that time,
+    or an OnlineRangeError: never a silently wrong value. Windows of entities whose events all
+    stayed in the state must be answered; a plain view refuses exactly when the entity has a
+    row after `at` (the row stored is newer than what was known at `at`)."""
+    latest = max(r["event_time"] for r in rows)
+    for service in ("windows_v1", "test_v1"):
+        frame = pa.table(
+            {
+                "card_id": [e["card_id"] for e in entities],
+                "merchant_id": [e["merchant_id"] for e in entities],
+                "event_timestamp": pa.array([at] * len(entities), pa.timestamp("us", tz="UTC")),
+                "amount": [50.0] * len(entities),
+            }
+        )
+        history = get_historical_features(cfg, defs, service, frame).to_pylist()
+        for entity, h in zip(entities, history, strict=True):
+            card = [r for r in rows if r["card_id"] == entity["card_id"]]
+            merchant = [r for r in rows if r["merchant_id"] == entity["merchant_id"]]
+            trimmed = any(  # an event older than the view's longest window before its latest
+                r["event_time"] <= max(x["event_time"] for x in group) - window
+                for group, window in ((card, timedelta(days=1)), (merchant, timedelta(hours=1)))
+                for r in group
+            )
+            newer_row = any(r["event_time"] > at for r in card)
+            request = [{"amount": 50.0}] if service == "test_v1" else None
+            try:
+                got = get_online_features(
+                    cfg, defs, service, [entity], request_rows=request, at=at
+                ).to_dicts()[0]
+            except OnlineRangeError as refused:
+                where = f"{service}, {entity} at {at} (latest event {latest})"
+                assert trimmed or (service == "test_v1" and newer_row), f"{where}: {refused}"
+                assert "materialize with --end" in str(refused)
+                continue
+            assert not (service == "test_v1" and newer_row), f"{entity} at {at} was answered"
+            assert_matches(got, {k: h[k] for k in got}, f"history, {service} {entity} at {at}")
+            want = reference(defs, service, rows, entity, at, {"amount": 50.0})
+            assert_matches(got, want, f"reference, {service} {entity} at {at}")
+
+
 OFFSETS = st.sampled_from([0, 5, 10, 55, 60, 119, 120, 121, 24 * 60, 24 * 60 + 5])
+BEFORE = st.sampled_from([1, 5, 10, 30, 60, 61, 24 * 60 - 5, 24 * 60, 24 * 60 + 30])
+"""Minutes before the latest event at which the state is read a second time."""
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
-@given(drawn=events, same_ingest=st.booleans(), incremental=st.booleans(), offset=OFFSETS)
+@given(
+    drawn=events,
+    same_ingest=st.booleans(),
+    incremental=st.booleans(),
+    offset=OFFSETS,
+    before=BEFORE,
+)
 def test_online_equals_point_in_time_sqlite(
     tmp_path_factory: pytest.TempPathFactory,
     drawn: list[dict[str, Any]],
     same_ingest: bool,
     incremental: bool,
     offset: int,
+    before: int,
 ) -> None:
-    _property(tmp_path_factory.mktemp("prop"), False, drawn, same_ingest, incremental, offset)
+    tmp = tmp_path_factory.mktemp("prop")
+    _property(tmp, False, drawn, same_ingest, incremental, offset, before)
 
 
 @pytest.mark.redis
 @PROPERTY
-@given(drawn=events, same_ingest=st.booleans(), incremental=st.booleans(), offset=OFFSETS)
+@given(
+    drawn=events,
+    same_ingest=st.booleans(),
+    incremental=st.booleans(),
+    offset=OFFSETS,
+    before=BEFORE,
+)
 def test_online_equals_point_in_time_redis(
     tmp_path_factory: pytest.TempPathFactory,
     drawn: list[dict[str, Any]],
     same_ingest: bool,
     incremental: bool,
     offset: int,
+    before: int,
 ) -> None:
-    _property(tmp_path_factory.mktemp("prop"), True, drawn, same_ingest, incremental, offset)
+    _property(
+        tmp_path_factory.mktemp("prop"), True, drawn, same_ingest, incremental, offset, before
+    )
 
 
 def test_history_is_there_for_the_property_comparison() -> None:

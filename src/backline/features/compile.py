@@ -5,8 +5,9 @@ Both engines run the same plan, which is why they give the same training sets:
 1. Entity rows (keys, a time T, a row number `__row`) and source events are stacked into one
    relation per view, ordered by entity key and time in microseconds.
 2. A plain view takes, for each entity row, the last event in that order (events sort before
-   entity rows at the same time, later ingestion after earlier), as one struct so a null value
-   is kept rather than skipped; a value older than the view's TTL becomes null.
+   entity rows at the same time, later ingestion after earlier, then the larger primary key
+   compared in its own type, so 10 sorts after 9), as one struct so a null value is kept
+   rather than skipped; a value older than the view's TTL becomes null.
 3. An aggregate view evaluates each aggregate over a RANGE frame `(T - window, T]`, written as
    `window_us - 1 PRECEDING AND CURRENT ROW`; entity rows carry nulls, so they count for
    nothing.
@@ -208,15 +209,13 @@ def _plain_sql(job: _Job) -> str:
     stacked = (
         f"SELECT {key_cols}, {TIME}, 1 AS {KIND}, {ROW}, CAST(NULL AS BIGINT) AS __ing, "
         + ", ".join(
-            f"CAST(NULL AS STRING) AS {q('__pk' + str(i))}" for i in range(len(source.primary_key))
+            f"CAST(NULL AS {dialect.sql_type(types[k])}) AS {q('__pk' + str(i))}"
+            for i, k in enumerate(source.primary_key)
         )
         + f", {entity_values} FROM {entities} UNION ALL "
         f"SELECT {key_cols}, {t} AS {TIME}, 0 AS {KIND}, CAST(NULL AS BIGINT) AS {ROW}, "
         f"{ingested} AS __ing, "
-        + ", ".join(
-            f"CAST({q(k)} AS STRING) AS {q('__pk' + str(i))}"
-            for i, k in enumerate(source.primary_key)
-        )
+        + ", ".join(f"{q(k)} AS {q('__pk' + str(i))}" for i, k in enumerate(source.primary_key))
         + f", {event_values} FROM {events} WHERE {t} BETWEEN {low} AND {high}"
     )
     order = ", ".join(

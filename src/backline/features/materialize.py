@@ -294,7 +294,7 @@ def _recompute(
     out = []
     for layout in layouts:
         began = time.perf_counter()
-        items = {} if rows is None else view_state(rows, layout, upper_us)
+        items = {} if rows is None else view_state(rows, layout, lower_us)
 
         def work(txn: OnlineTransaction, items: dict[str, tuple[Any, bytes]] = items) -> None:
             txn.put([(k, v) for k, (_, v) in items.items()])

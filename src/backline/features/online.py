@@ -33,7 +33,9 @@ from backline.features.online_codec import (
     ViewLayout,
     entity_key,
     evaluate,
+    from_us,
     layout_of,
+    since_of,
     to_python,
     to_us,
 )
@@ -42,6 +44,7 @@ from backline.features.repository import require_applied, resolve_service
 
 __all__ = [
     "OnlineFeatures",
+    "OnlineRangeError",
     "OnlineStore",
     "clear_caches",
     "get_online_features",
@@ -60,6 +63,17 @@ _ARROW_TYPES = {
     "timestamp": pa.timestamp("us", tz="UTC"),
     "date": pa.date32(),
 }
+
+
+class OnlineRangeError(UsageError):
+    """A read at a time the online store cannot answer exactly (before what it holds)."""
+
+
+class _TooEarly(Exception):
+    """Raised by a view's fill: the stored state only answers reads from `earliest` (µs)."""
+
+    def __init__(self, earliest: int, what: str) -> None:
+        self.earliest, self.what = earliest, what
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,7 @@ class _ViewRead:
             self.empty = [
                 0 if s.function in ("count", "count_distinct") else None for s in self.specs
             ]
+            self.reach = max(s.window_us for s in self.specs)
         else:
             self.codec = PlainCodec(layout)
             positions = {name: i for i, (name, _, _) in enumerate(layout.fields)}
@@ -173,6 +188,9 @@ class _ViewRead:
                     values[f] = empty
                     status[f] = (MISSING, None)
                 return
+            since, _ = since_of(blob)
+            if t_us - self.reach < since:  # the window reaches before the stored events
+                raise _TooEarly(since + self.reach, "its events")
             results = evaluate(blob, t_us, self.specs, self.kinds)
             for f, value in zip(self.features, results, strict=True):
                 values[f] = value
@@ -180,18 +198,19 @@ class _ViewRead:
             return
         if blob is not None:
             event_us, _, row = self.codec.decode_fields(blob)
-            if event_us <= t_us:
-                age = (t_us - event_us) / 1e6
-                if event_us < t_us - self.layout.ttl_us:
-                    for f, _, _ in self.picks:
-                        values[f] = None
-                        status[f] = (EXPIRED, age)
-                    return
-                for f, i, kind in self.picks:
-                    values[f] = to_python(row[i], kind)
-                    status[f] = (OK, age)
+            if event_us > t_us:  # the stored row is newer: what was the value at T is unknown
+                raise _TooEarly(event_us, "its latest row")
+            age = (t_us - event_us) / 1e6
+            if event_us < t_us - self.layout.ttl_us:
+                for f, _, _ in self.picks:
+                    values[f] = None
+                    status[f] = (EXPIRED, age)
                 return
-        for f, _, _ in self.picks:  # unknown, or only known after T
+            for f, i, kind in self.picks:
+                values[f] = to_python(row[i], kind)
+                status[f] = (OK, age)
+            return
+        for f, _, _ in self.picks:  # the store knows no row of this entity
             values[f] = None
             status[f] = (MISSING, None)
 
@@ -391,7 +410,10 @@ def get_online_features(
     status: list[dict[str, tuple[str, float | None]]] = [{} for _ in range(n)]
     for v, keys, blobs in zip(plan.views, row_keys, found, strict=True):
         for i, key in enumerate(keys):
-            v.fill(None if key is None else blobs.get(key), t_us, values[i], status[i])
+            try:
+                v.fill(None if key is None else blobs.get(key), t_us, values[i], status[i])
+            except _TooEarly as early:
+                raise _range_error(v, entities[i], plan, at, early) from None
 
     if plan.on_demand:
         _on_demand(plan, entity_rows, request_rows, values, status)
@@ -408,6 +430,25 @@ def get_online_features(
         statuses=tuple(tuple(st[o][0] for o in outputs) for st in status),
         ages=tuple(tuple(st[o][1] for o in outputs) for st in status),
     )
+
+
+def _range_error(
+    view: _ViewRead, entity: tuple[Any, ...], plan: _Plan, at: datetime, early: _TooEarly
+) -> OnlineRangeError:
+    who = ", ".join(
+        f"{c}={v}" for c, v in zip(plan.entity_columns, entity, strict=True) if c in view.join_keys
+    )
+    when = _iso(at.astimezone(UTC))
+    return OnlineRangeError(
+        f"the online store cannot answer view {view.name!r} for {who} at {when}: it holds "
+        f"{early.what} as materialized, which answer reads from "
+        f"{_iso(from_us(early.earliest))} on. To read at {when}, materialize with --end {when}; "
+        "for past times, build a training set with `backline features history`."
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _on_demand(

@@ -4,11 +4,11 @@ One value per (view, version, entity key). Two kinds, both little-endian, never 
 
 Plain view (latest row)::
 
-    b"P" 0x01 | event_us int64 | ingested_us int64 | fields row | primary-key row
+    b"P" 0x02 | event_us int64 | ingested_us int64 | fields row | primary-key row
 
 Aggregate view (the entity's recent events, oldest first)::
 
-    b"A" 0x01 nslots 0x00 | n uint32 | flags uint8[nslots] padded to 8
+    b"A" 0x02 nslots 0x00 | n uint32 | since_us int64 | flags uint8[nslots] padded to 8
     | times int64[n] | ids uint64[n] | slot_0 [n x 8 bytes] | ... | slot_k [n x 8 bytes]
 
 A *row* is a null bitmap (one bit per value) followed by each non-null value: int64 and
@@ -17,6 +17,12 @@ string as uint32 length + UTF-8. `ids` are 64-bit hashes of the events' primary 
 the same event twice is a no-op. A slot holds one source column: `f8` float64 values (NaN is
 null), or `h8` 64-bit hashes of the values (0 is null) for count and count_distinct of
 non-numeric columns. A slot's flag is 1 when it holds a null for this entity.
+
+`since_us` says how far back an event list is complete: every event of the entity with time
+after it (up to what was materialized) is in the list; `NO_SINCE` when the list holds the
+entity's whole history. A window (T - w, T] is answered exactly only when T - w >= since_us.
+The primary key of a plain row is stored in the key columns' own types (version 2; version 1
+stored it as text, and tied rows sorted as text).
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ KEY_SEPARATOR = "\x1f"
 KEY_TYPES = ("string", "int64", "bool")
 
 _PLAIN_HEAD = struct.Struct("<2sqq")
-_AGG_HEAD = struct.Struct("<2sBBI")
-_PLAIN_MAGIC = b"P\x01"
-_AGG_MAGIC = b"A\x01"
+_AGG_HEAD = struct.Struct("<2sBBIq")
+_PLAIN_MAGIC = b"P\x02"
+_AGG_MAGIC = b"A\x02"
+NO_SINCE = -(2**63)
+"""`since_us` of an event list that holds the entity's whole history."""
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
 _I = struct.Struct("<i")
@@ -150,8 +158,9 @@ def layout_of(view: FeatureView, source: SourceSpec) -> ViewLayout:
         event_time=source.event_time,
         join_keys=tuple(view.join_keys),
         primary_key=tuple(source.primary_key),
-        # as text, like the offline engines: ties on (event, ingest) time go to the larger text
-        pk_types=tuple("string" for _ in source.primary_key),
+        # in their own types, like the offline engines: a tie on (event, ingest) time goes to
+        # the larger primary key, and int64 10 is larger than 9 (as text it is not)
+        pk_types=tuple(types[k] for k in source.primary_key),
         fields=tuple((f.feature, f.column, types[f.column]) for f in view.fields),
         slots=tuple(slots),
         aggregates=tuple(aggregates),
@@ -306,6 +315,7 @@ class Events:
     ids: U64
     slots: tuple[npt.NDArray[Any], ...]
     nulls: tuple[bool, ...]
+    since: int
 
 
 def _flags_size(nslots: int) -> int:
@@ -319,8 +329,10 @@ def encode_groups(
     kinds: Sequence[str],
     starts: npt.NDArray[np.int64],
     stops: npt.NDArray[np.int64],
+    since: Sequence[int],
 ) -> list[bytes]:
-    """Encode consecutive groups [starts[g], stops[g]) of sorted event arrays, one blob each."""
+    """Encode consecutive groups [starts[g], stops[g]) of sorted event arrays, one blob each;
+    `since[g]` is how far back group g is complete (see the module docstring)."""
     nslots = len(slots)
     groups = len(starts)
     if groups == 0:
@@ -340,7 +352,7 @@ def encode_groups(
     for g in range(groups):
         a, b = int(starts[g]) * 8, int(stops[g]) * 8
         parts = [
-            head(_AGG_MAGIC, nslots, 0, (b - a) // 8),
+            head(_AGG_MAGIC, nslots, 0, (b - a) // 8, int(since[g])),
             flag_rows[g],
             time_bytes[a:b],
             id_bytes[a:b],
@@ -351,9 +363,10 @@ def encode_groups(
 
 
 def decode_events(blob: bytes, kinds: Sequence[str]) -> Events:
-    magic, nslots, _, n = _AGG_HEAD.unpack_from(blob)
+    magic = blob[:2]
     if magic != _AGG_MAGIC:
         raise _bad_value(magic)
+    _, nslots, _, n, since = _AGG_HEAD.unpack_from(blob)
     if nslots != len(kinds):
         raise StoreError(
             f"an online value has {nslots} columns where its view version expects {len(kinds)}. "
@@ -374,7 +387,7 @@ def decode_events(blob: bytes, kinds: Sequence[str]) -> Events:
             )
         )
         offset += 8 * n
-    return Events(times, ids, tuple(slots), nulls)
+    return Events(times, ids, tuple(slots), nulls, since)
 
 
 def merge_events(old: bytes, new: bytes, kinds: Sequence[str], max_window_us: int) -> bytes:
@@ -384,12 +397,33 @@ def merge_events(old: bytes, new: bytes, kinds: Sequence[str], max_window_us: in
     ids = np.concatenate([a.ids, b.ids])
     slots = [np.concatenate([x, y]) for x, y in zip(a.slots, b.slots, strict=True)]
     _, first = np.unique(ids, return_index=True)
-    keep = first[times[first] > times.max() - max_window_us]
+    horizon = int(times.max()) - max_window_us
+    keep = first[times[first] > horizon]
+    # complete after both inputs' horizons, and after the trim if it dropped anything
+    since = max(a.since, b.since, horizon if len(keep) < len(first) else NO_SINCE)
     order = keep[np.lexsort((ids[keep], times[keep]))]
     n = np.array([0], dtype=np.int64)
     return encode_groups(
-        times[order], ids[order], [s[order] for s in slots], kinds, n, np.array([len(order)])
+        times[order],
+        ids[order],
+        [s[order] for s in slots],
+        kinds,
+        n,
+        np.array([len(order)]),
+        [since],
     )[0]
+
+
+def since_of(blob: bytes) -> tuple[int, int]:
+    """(since_us, latest event µs) of an event list: a window (T - w, T] is exact when
+    T - w >= since_us."""
+    magic = blob[:2]
+    if magic != _AGG_MAGIC:
+        raise _bad_value(magic)
+    _, nslots, _, n, since = _AGG_HEAD.unpack_from(blob)
+    offset = _AGG_HEAD.size + _flags_size(nslots)
+    latest = _Q.unpack_from(blob, offset + 8 * (n - 1))[0] if n else NO_SINCE
+    return since, latest
 
 
 def evaluate(
@@ -397,9 +431,11 @@ def evaluate(
 ) -> list[Any]:
     """Each aggregate over the stored events with time in (T - window, T]. The read path:
     decodes only what the aggregates use."""
-    magic, nslots, _, n = _AGG_HEAD.unpack_from(blob)
-    if magic != _AGG_MAGIC or nslots != len(kinds):
+    if blob[:2] != _AGG_MAGIC:
         decode_events(blob, kinds)  # raises the precise error
+    _, nslots, _, n, _ = _AGG_HEAD.unpack_from(blob)
+    if nslots != len(kinds):
+        decode_events(blob, kinds)
     head = _AGG_HEAD.size
     offset = head + _flags_size(nslots)
     times = np.frombuffer(blob, dtype=np.int64, count=n, offset=offset)

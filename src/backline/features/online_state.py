@@ -21,6 +21,7 @@ from backline.core.config import SourceSpec
 from backline.core.hashing import U64, hash_rows, hash_values
 from backline.features.engines import Engine
 from backline.features.online_codec import (
+    NO_SINCE,
     PlainCodec,
     Slot,
     ViewLayout,
@@ -83,7 +84,7 @@ def _text_key(values: tuple[Any, ...]) -> str:
 
 
 def _break_ties(order: npt.NDArray[np.intp], tied: npt.NDArray[np.bool_], rows: SourceRows) -> None:
-    """Sort each run of tied rows (in place) by primary key."""
+    """Sort each run of tied rows (in place) by primary key, compared in its own types."""
     pks = [rows.table.column(f"__p{i}") for i in range(len(rows.pk_types))]
     edges = np.flatnonzero(np.diff(np.concatenate([[0], tied.astype(np.int8), [0]])))
     for a, b in zip(edges[::2], edges[1::2], strict=True):
@@ -165,7 +166,7 @@ def load_rows(
         *(d.quote(k) for k in dict.fromkeys(keys)),
         f"{et} AS __t",
         f"{d.epoch_us('ingested_at')} AS __i",
-        *(f"CAST({d.quote(c)} AS STRING) AS __p{i}" for i, c in enumerate(first.primary_key)),
+        *(f"{d.quote(c)} AS __p{i}" for i, c in enumerate(first.primary_key)),
         *(f"{d.quote(c)} AS {a}" for c, a in aliases.items()),
     ]
     query = f"SELECT {', '.join(select)} FROM {relation} WHERE {' AND '.join(where)}"
@@ -176,20 +177,28 @@ def load_rows(
 
 
 def view_state(
-    rows: SourceRows, layout: ViewLayout, upper_us: int | None
+    rows: SourceRows, layout: ViewLayout, lower_us: int | None
 ) -> dict[str, tuple[Any, bytes]]:
     """{entity key: (order, value)} of one view. `order` is what decides a plain-view upsert
-    (event time, ingest time, primary key); None for aggregate views."""
+    (event time, ingest time, primary key); None for aggregate views. `lower_us` is the
+    earliest event time that was read (None: every row), which bounds how far back an
+    aggregate view's event list is complete."""
     entities = rows.entities(layout.join_keys)
     if not layout.is_aggregate:
         return _plain_items(rows, entities, layout)
     times = entities.times
     if len(times) == 0:
         return {}
+    # Each entity keeps its events within the longest window of its latest one; nothing is
+    # trimmed by `upper`, so an entity quiet since before upper - window is still known (its
+    # windows at times before upper need its events) and `since` stays exact per entity.
     latest = times[entities.stops - 1]
-    keep = times > latest[entities.group] - layout.max_window_us
-    if upper_us is not None:  # the state as of upper: only its longest window matters
-        keep &= times > upper_us - layout.max_window_us
+    horizon = latest - layout.max_window_us
+    keep = times > horizon[entities.group]
+    read_from = NO_SINCE if lower_us is None else lower_us - 1  # events >= lower were read
+    trimmed = np.zeros(len(entities.starts), dtype=bool)
+    np.logical_or.at(trimmed, entities.group, ~keep)
+    since = np.where(trimmed, np.maximum(horizon, read_from), read_from)
     index = np.flatnonzero(keep)
     if len(index) == 0:
         return {}
@@ -204,6 +213,7 @@ def view_state(
         [s.kind for s in layout.slots],
         starts,
         stops,
+        since[group[starts]].tolist(),
     )
     names = [entities.keys[g] for g in group[starts]]
     return {k: (None, b) for k, b in zip(names, blobs, strict=True)}
