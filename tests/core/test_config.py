@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -212,3 +213,89 @@ def test_cli_config_error_is_one_line_and_exit_2(
     assert code == 2
     assert "Traceback" not in captured.err
     assert "duckdb_threads = -1 must be at least 1" in captured.err
+
+
+@pytest.mark.postgres
+def test_a_missing_postgres_database_is_not_a_server_that_is_down() -> None:
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    uri = parse_uri(f"{base}/backline_no_such_db_7", base=Path("."), key="registry.uri")
+    with pytest.raises(StoreError) as caught:
+        check_reachable(uri, timeout=2)
+    message = str(caught.value)
+    assert "is running, but database 'backline_no_such_db_7' does not exist" in message
+    assert "createdb" in message and "backline_no_such_db_7" in message
+    assert "not answering" not in message and "Start it" not in message
+
+
+def test_each_store_lists_only_the_schemes_it_accepts(project: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(project, env={"BACKLINE_ONLINE_URI": "mongodb://h/db"})
+    message = str(caught.value)
+    assert "Use sqlite:// or redis://." in message
+    assert "postgresql" not in message and "file://" not in message
+    with pytest.raises(ConfigError, match=r"Use sqlite:// or postgresql://\.$"):
+        load_config(project, env={"BACKLINE_REGISTRY_URI": "mysql://h/db"})
+    _edit(project, 'uri = "file://.backline/offline"', 'uri = "s3://bucket/offline"')
+    with pytest.raises(ConfigError, match=r"^backline\.toml: offline\.uri = .*Use file://\.$"):
+        load_config(project, env={})
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("BACKLINE_INGEST_DUCKDB_THREADS", "x", r"ingest\.duckdb_threads = 'x' must be an integer"),
+        ("BACKLINE_INGEST_DUCKDB_THREADS", "0", r"ingest\.duckdb_threads = 0 must be at least 1"),
+        ("BACKLINE_INGEST_MAX_FUTURE", "soon", r"ingest\.max_future = 'soon' must be a duration"),
+        ("BACKLINE_TRAIN_HIDDEN", "128,x", r"train\.hidden\[1\] = 'x' must be an integer"),
+        ("BACKLINE_ONLINE_URI", "postgresql://h/db", r"online\.uri = .* uses scheme postgresql"),
+        ("BACKLINE_ONLINE_URI", "nowhere", r"online\.uri = 'nowhere' is not a URI"),
+    ],
+)
+def test_env_override_errors_name_the_variable_not_the_file(
+    project: Path, var: str, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(project, env={var: value})
+    message = str(caught.value)
+    assert message.startswith(f"environment variable {var}: "), message
+    assert "backline.toml" not in message
+    assert re.search(expected, message), message
+    assert "\n" not in message
+
+
+def test_a_list_valued_variable_is_comma_separated(project: Path) -> None:
+    cfg = load_config(project, env={"BACKLINE_TRAIN_HIDDEN": "256, 32,16"})
+    assert cfg.train.hidden == (256, 32, 16)
+    assert load_config(project, env={"BACKLINE_TRAIN_HIDDEN": "64"}).train.hidden == (64,)
+
+
+_MISSING_KEY_SOURCE = """
+[sources.clicks]
+{keys}
+[sources.clicks.columns.id]
+type = "string"
+[sources.clicks.columns.at]
+type = "timestamp"
+"""
+
+
+@pytest.mark.parametrize(
+    ("keys", "missing"),
+    [
+        ('event_time = "at"', "'primary_key'"),
+        ('primary_key = ["id"]', "'event_time'"),
+        ("", "'primary_key', 'event_time'"),
+    ],
+)
+def test_a_source_missing_a_required_key_is_one_line_without_python_internals(
+    project: Path, keys: str, missing: str
+) -> None:
+    path = project / "backline.toml"
+    path.write_text(path.read_text() + _MISSING_KEY_SOURCE.format(keys=keys))
+    with pytest.raises(ConfigError) as caught:
+        load_config(project, env={})
+    message = str(caught.value)
+    assert message.startswith(f"backline.toml: [sources.clicks] is missing {missing}. Add it")
+    for leak in ("__init__", "positional argument", "SourceSpec", "TypeError"):
+        assert leak not in message
+    assert "\n" not in message

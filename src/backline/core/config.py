@@ -520,13 +520,18 @@ def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
             f"Valid sections: {', '.join([*_SECTIONS, 'sources'])}."
         )
     sections: dict[str, Any] = {}
+    from_env: dict[str, str] = {}  # "section.key" -> the environment variable that set it
     for name, cls in _SECTIONS.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{CONFIG_FILE}: {name} must be a table, written [{name}].")
         table = dict(table)
-        table.update(_env_overrides(name, cls, env))
-        sections[name] = _build(cls, table, name)
+        overrides = _env_overrides(name, cls, env)
+        table.update(overrides)
+        from_env.update(
+            {f"{name}.{key}": f"BACKLINE_{name.upper()}_{key.upper()}" for key in overrides}
+        )
+        sections[name] = _build(cls, table, name, from_env)
 
     sources_raw = raw.get("sources", {})
     if not isinstance(sources_raw, dict):
@@ -536,13 +541,22 @@ def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
     for key, schemes in _SCHEMES.items():
         section, attr = key.split(".")
         value = getattr(getattr(cfg, section), attr)
-        uri = parse_uri(value, base=cfg.root, key=key)
+        origin = _origin(key, from_env)
+        try:
+            uri = parse_uri(value, base=cfg.root, key=key, schemes=schemes)
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
         if uri.scheme not in schemes:
             raise ConfigError(
-                f"{CONFIG_FILE}: {key} = {value!r} uses scheme {uri.scheme}://, which this store "
+                f"{origin}: {key} = {value!r} uses scheme {uri.scheme}://, which this store "
                 f"does not support. Use {' or '.join(s + '://' for s in schemes)}."
             )
     return cfg
+
+
+def _origin(key: str, from_env: Mapping[str, str]) -> str:
+    """Where a key's value came from, as error messages name it."""
+    return f"environment variable {from_env[key]}" if key in from_env else CONFIG_FILE
 
 
 def _env_overrides(section: str, cls: type, env: Mapping[str, str]) -> dict[str, str]:
@@ -587,7 +601,12 @@ def _build_source(name: str, table: Any) -> SourceSpec:
     return _build(SourceSpec, {"name": name, "columns": tuple(columns), **table}, where)
 
 
-def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
+def _build(
+    cls: type, table: Mapping[str, Any], where: str, from_env: Mapping[str, str] | None = None
+) -> Any:
+    """One section (or source, or column) from its table; every error is one ConfigError line
+    that names the key, and the environment variable when one set it."""
+    from_env = from_env or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -598,30 +617,52 @@ def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
             raise ConfigError(
                 f"{CONFIG_FILE}: unknown key '{where}.{key}'.{hint} Valid keys: {valid}."
             )
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        dotted = f"{where}.{key}"
+        kwargs[key] = _coerce(value, hints[key], dotted, _origin(dotted, from_env))
+    missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
+    if missing:  # checked here: the dataclass would say "__init__() missing 1 required ..."
+        example = _EXAMPLES.get(missing[0], f"{missing[0]} = ...")
+        raise ConfigError(
+            f"{CONFIG_FILE}: [{where}] is missing {', '.join(repr(m) for m in missing)}. "
+            f"Add it, for example {example}."
+        )
     try:
         return cls(**kwargs)
-    except BacklineError:
+    except ConfigError as exc:  # a check in __post_init__: name the variable that set the value
+        text = str(exc)
+        for key, var in from_env.items():
+            if key.startswith(f"{where}.") and re.search(rf"\b{re.escape(key)}\b", text):
+                text = text.removeprefix(f"{CONFIG_FILE}: ")
+                raise ConfigError(f"environment variable {var}: {text}") from None
         raise
-    except TypeError as exc:
-        missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
-        raise ConfigError(
-            f"{CONFIG_FILE}: [{where}] is missing {', '.join(missing) or 'a key'} ({exc})."
-        ) from None
+
+
+_EXAMPLES = {  # how to write a required key, for the error that says it is missing
+    "primary_key": 'primary_key = ["id"]',
+    "event_time": 'event_time = "event_time"',
+    "columns": '[sources.NAME.columns.COL] with type = "string"',
+}
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Convert a TOML value (or an environment string) to the field's declared type."""
+def _coerce(value: Any, hint: Any, key: str, where: str = CONFIG_FILE) -> Any:
+    """Convert a TOML value (or an environment string) to the field's declared type.
+
+    `where` is what errors name as the value's origin: backline.toml, or an environment variable.
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return _coerce(value, inner[0], key, where)
     from_env = isinstance(value, str)
+
+    def _type_error(key: str, value: Any, expected: str) -> ConfigError:
+        return _wrong_type(key, value, expected, where)
+
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -656,20 +697,21 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         try:
             return parse_utc(value, what=key)
         except BacklineError as exc:
-            raise ConfigError(f"{CONFIG_FILE}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}") from None
     if origin is tuple:
-        if from_env:
+        if from_env:  # a list in one variable: comma-separated, e.g. BACKLINE_TRAIN_HIDDEN=128,64
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, tuple) and args and args[0] is ColumnSpec:
             return value
         if not isinstance(value, list):
             raise _type_error(key, value, 'a list such as ["a", "b"]')
-        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    raise ConfigError(f"{CONFIG_FILE}: {key} has an unsupported type {hint!r}.")  # pragma: no cover
+        return tuple(_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value))
+    raise ConfigError(f"{where}: {key} has an unsupported type {hint!r}.")  # pragma: no cover
 
 
-def _type_error(key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{CONFIG_FILE}: {key} = {value!r} must be {expected}. Fix that value.")
+def _wrong_type(key: str, value: Any, expected: str, where: str = CONFIG_FILE) -> ConfigError:
+    fix = "Fix that value." if where == CONFIG_FILE else "Fix or unset that variable."
+    return ConfigError(f"{where}: {key} = {value!r} must be {expected}. {fix}")
 
 
 def _suggest(word: str, options: list[str]) -> str:

@@ -11,6 +11,7 @@ postgresql://user@host:5432/db  a PostgreSQL database
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 from dataclasses import dataclass
@@ -44,8 +45,13 @@ class StoreURI:
         return self.raw
 
 
-def parse_uri(value: str, *, base: Path, key: str) -> StoreURI:
-    """Parse a store URI; relative file and sqlite paths resolve against `base`."""
+def parse_uri(
+    value: str, *, base: Path, key: str, schemes: tuple[str, ...] | None = None
+) -> StoreURI:
+    """Parse a store URI; relative file and sqlite paths resolve against `base`.
+
+    `schemes` are those the store behind `key` accepts: an unknown scheme's error lists only
+    them (default: every scheme backline knows)."""
     if not isinstance(value, str) or "://" not in value:
         raise ConfigError(
             f"{key} = {value!r} is not a URI. Write it as scheme://location, for example "
@@ -56,9 +62,10 @@ def parse_uri(value: str, *, base: Path, key: str) -> StoreURI:
     if scheme in ("postgres", "postgresql+psycopg"):
         scheme = "postgresql"
     if scheme not in SCHEMES:
+        accepted = schemes or SCHEMES
         raise ConfigError(
-            f"{key} = {value!r} has unknown scheme {scheme!r}. Use one of "
-            f"{', '.join(s + '://' for s in SCHEMES)}."
+            f"{key} = {value!r} has unknown scheme {scheme!r}. Use "
+            f"{' or '.join(s + '://' for s in accepted)}."
         )
     if scheme in ("file", "sqlite"):
         if scheme == "sqlite":
@@ -155,11 +162,34 @@ def _check_postgres(uri: StoreURI, timeout: float) -> str:
         with psycopg.connect(uri.raw, connect_timeout=max(1, int(timeout))) as con:
             row = con.execute("SHOW server_version").fetchone()
     except (psycopg.Error, OSError) as exc:
-        raise StoreError(
-            f"{uri.key} = {uri.raw!r}: PostgreSQL is not answering ({_short(exc)}). Start it, or "
-            f"point {uri.key} (or BACKLINE_{uri.key.replace('.', '_').upper()}) at a running server."
-        ) from None
+        raise _postgres_error(uri, exc) from None
     return f"postgresql {row[0] if row else '?'} at {uri.host}:{uri.port}"
+
+
+def _postgres_error(uri: StoreURI, exc: BaseException) -> StoreError:
+    """Tell a server that is down from one that answers but cannot give us the database."""
+    text = str(exc)
+    where = f"{uri.key} = {uri.raw!r}"
+    env = f"BACKLINE_{uri.key.replace('.', '_').upper()}"
+    missing = re.search(r'database "([^"]+)" does not exist', text)
+    if missing:
+        name = missing.group(1)
+        return StoreError(
+            f"{where}: PostgreSQL at {uri.host}:{uri.port} is running, but database {name!r} "
+            f"does not exist. Create it with `createdb -h {uri.host} -p {uri.port} {name}`, or "
+            f"fix the database name in {uri.key} (or {env})."
+        )
+    refused = re.search(r"FATAL:\s*(.+)", text)
+    if refused:
+        return StoreError(
+            f"{where}: PostgreSQL at {uri.host}:{uri.port} is running, but refused the "
+            f"connection ({refused.group(1).strip()}). Fix the user, password or database in "
+            f"{uri.key} (or {env})."
+        )
+    return StoreError(
+        f"{where}: PostgreSQL is not answering ({_short(exc)}). Start it, or point {uri.key} "
+        f"(or {env}) at a running server."
+    )
 
 
 def _nearest_existing(path: Path) -> Path:
