@@ -74,13 +74,37 @@ def test_noise_in_every_round_but_one_still_finds_the_quiet_round() -> None:
         latency.summarize(1, [[], []], threads=1)
 
 
+def test_preempted_calls_are_left_out_while_under_half_of_a_round() -> None:
+    # a steady load: every round loses 5 of its 200 calls to the scheduler
+    rounds = noisy_rounds(hit=10, tail=5)
+    flags = [[x == PREEMPTED for x in r] for r in rounds]
+    assert latency.summarize(1, rounds, threads=1).p99_ms == pytest.approx(PREEMPTED)
+    stat = latency.summarize(1, rounds, threads=1, preempted=flags)
+    assert stat.p99_ms < 0.1 and stat.preempted_calls == 50
+    assert "50 preempted call(s) left out" in latency.describe(stat)
+    # a slow model is preempted in most of its calls: then they all count
+    slow = [[8.0] * 200 for _ in range(10)]
+    most = [[i % 4 != 0 for i in range(200)] for _ in range(10)]
+    assert latency.summarize(1, slow, threads=1, preempted=most).p99_ms == 8.0
+    # a model that waits is not preempted (voluntary switches), so its waits count in full
+    waits = [[FAST] * 190 + [8.0] * 10 for _ in range(10)]
+    assert latency.summarize(1, waits, threads=1, preempted=[[False] * 200] * 10).p99_ms == 8.0
+
+
 def test_time_rounds_warms_up_then_takes_turns_in_rounds() -> None:
     order: list[str] = []
     ticks = itertools.count(0, 500_000)  # a fake clock: each reading 0.5 ms after the last
     calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    out = latency.time_rounds(
-        calls, rounds=3, calls_per_round=4, warmup=2, clock=lambda: next(ticks)
+    switches = itertools.count()  # every reading one involuntary switch more: all preempted
+    out, flags = latency.time_rounds(
+        calls,
+        rounds=3,
+        calls_per_round=4,
+        warmup=2,
+        clock=lambda: next(ticks),
+        switches=lambda: next(switches),
     )
+    assert all(all(r) for v in flags.values() for r in v)
     assert {k: [len(r) for r in v] for k, v in out.items()} == {"a": [4, 4, 4], "b": [4, 4, 4]}
     assert all(x == 0.5 for v in out.values() for r in v for x in r)
     block = latency.BLOCK_WARMUP + 4

@@ -588,6 +588,7 @@ def _latency_json(x: Latency) -> dict[str, Any]:
         "warmup": x.warmup,
         "threads": x.threads,
         "round_p99_ms": list(x.round_p99_ms),
+        "preempted_calls": x.preempted_calls,
     }
 
 

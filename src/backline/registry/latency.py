@@ -13,11 +13,19 @@ not: on a 2-core machine with two CPU hogs beside it the scheduler takes the cor
 time slice (4 ms at HZ=250) every few milliseconds, which put every pooled p99 at 4-12 ms while
 the model needs 0.06 ms per call; the best of 10 rounds stayed at 0.1-0.15 ms. The median of the
 rounds' p99s is recorded too (`round_p99_ms`), so load on the machine stays visible.
+
+A steady load can preempt every round, though (a round of 200 calls lasts about 13 ms, longer
+than a time slice). So each timed call also notes whether the thread's involuntary context
+switches went up across it (getrusage RUSAGE_THREAD, outside the timed span), and a round's
+p99 leaves those calls out while they are under half of the round. A model that sleeps or
+waits switches voluntarily and is still timed in full; one so slow that most of its calls are
+preempted is judged on all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -39,15 +47,33 @@ BLOCK_WARMUP = 3
 
 
 def summarize(
-    batch: int, rounds: Sequence[Sequence[float]], *, threads: int, warmup: int = LATENCY_WARMUP
+    batch: int,
+    rounds: Sequence[Sequence[float]],
+    *,
+    threads: int,
+    warmup: int = LATENCY_WARMUP,
+    preempted: Sequence[Sequence[bool]] | None = None,
 ) -> Latency:
     """A Latency from per-round timings in milliseconds: p50 over every call, p99 of each
-    round, and the best (lowest) round p99 as the judged figure."""
-    kept = [np.asarray(r, dtype=np.float64) for r in rounds if len(r)]
-    if not kept:
+    round, and the best (lowest) round p99 as the judged figure.
+
+    `preempted` flags the calls during which the scheduler took the core away (involuntary
+    context switches). A round's p99 leaves them out as long as at least half of its calls
+    were not preempted; a model so slow that most of its calls are preempted is judged on all
+    of them.
+    """
+    marks: Sequence[Sequence[bool]] = preempted if preempted is not None else [()] * len(rounds)
+    pairs = [
+        (np.asarray(r, dtype=np.float64), np.asarray(f, dtype=bool))
+        for r, f in zip(rounds, marks, strict=True)
+        if len(r)
+    ]
+    if not pairs:
         raise ValueError("no timed calls to summarize")
+    kept = [r for r, _ in pairs]
     every = np.concatenate(kept)
-    per_round = tuple(float(np.percentile(r, 99)) for r in kept)
+    per_round = tuple(float(np.percentile(_clean(r, f), 99)) for r, f in pairs)
+    skipped = sum(int(f.sum()) for _, f in pairs)
     return Latency(
         batch=batch,
         p50_ms=float(np.percentile(every, 50)),
@@ -59,7 +85,22 @@ def summarize(
         threads=threads,
         warmup=warmup,
         round_p99_ms=per_round,
+        preempted_calls=skipped,
     )
+
+
+def _clean(times: np.ndarray, preempted: np.ndarray) -> np.ndarray:
+    if preempted.size != times.size or 2 * int(preempted.sum()) > times.size:
+        return times
+    return times[~preempted]
+
+
+def _involuntary_switches() -> int:
+    """Times the scheduler took this thread off its core (Linux; 0 where unknown)."""
+    return int(resource.getrusage(_RUSAGE).ru_nivcsw) if _RUSAGE is not None else 0
+
+
+_RUSAGE = getattr(resource, "RUSAGE_THREAD", None)
 
 
 @contextlib.contextmanager
@@ -87,8 +128,10 @@ def time_rounds(
     calls_per_round: int,
     warmup: int = LATENCY_WARMUP,
     clock: Callable[[], int] = time.perf_counter_ns,
-) -> dict[str, list[list[float]]]:
-    """Per call, `rounds` lists of `calls_per_round` timings in ms.
+    switches: Callable[[], int] = _involuntary_switches,
+) -> tuple[dict[str, list[list[float]]], dict[str, list[list[bool]]]]:
+    """Per call, `rounds` lists of `calls_per_round` timings in ms, and whether the scheduler
+    preempted each timed call (its involuntary context switches went up across it).
 
     The calls take turns within each round, in blocks, so a machine that gets busier partway
     slows them alike; blocks rather than single alternating calls, because one runtime's worker
@@ -97,6 +140,7 @@ def time_rounds(
     if rounds < 1 or calls_per_round < 1:
         raise ValueError(f"rounds = {rounds}, calls_per_round = {calls_per_round}; time at least 1")
     out: dict[str, list[list[float]]] = {name: [] for name in calls}
+    flags: dict[str, list[list[bool]]] = {name: [] for name in calls}
     with torch.inference_mode():
         for call in calls.values():
             for _ in range(warmup):
@@ -105,13 +149,16 @@ def time_rounds(
             for name, call in calls.items():
                 for _ in range(BLOCK_WARMUP):
                     call()
-                ns = []
+                ns, hit = [], []
                 for _ in range(calls_per_round):
+                    before = switches()
                     start = clock()
                     call()
                     ns.append(clock() - start)
+                    hit.append(switches() != before)
                 out[name].append([x / 1e6 for x in ns])
-    return out
+                flags[name].append(hit)
+    return out, flags
 
 
 def measure(
@@ -128,8 +175,11 @@ def measure(
     rows = table.take(np.arange(batch) % table.num_rows)
     prepared = {name: scorer.prepared_call(rows) for name, scorer in scorers.items()}
     with torch_threads(threads_for(batch)) as threads:
-        timings = time_rounds(prepared, rounds=rounds, calls_per_round=calls_per_round)
-    return {name: summarize(batch, t, threads=threads) for name, t in timings.items()}
+        timings, flags = time_rounds(prepared, rounds=rounds, calls_per_round=calls_per_round)
+    return {
+        name: summarize(batch, t, threads=threads, preempted=flags[name])
+        for name, t in timings.items()
+    }
 
 
 def measure_request_latency(
@@ -153,6 +203,6 @@ def describe(latency: Latency) -> str:
     median = float(np.median(latency.round_p99_ms))
     return (
         f"best round p99 of {latency.rounds} rounds x {latency.calls_per_round} calls after "
-        f"{latency.warmup} warm-up calls, {threads}; median round p99 {median:.3f} ms, p50 "
-        f"{latency.p50_ms:.3f} ms"
+        f"{latency.warmup} warm-up calls, {threads}, {latency.preempted_calls} preempted "
+        f"call(s) left out; median round p99 {median:.3f} ms, p50 {latency.p50_ms:.3f} ms"
     )

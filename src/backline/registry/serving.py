@@ -95,7 +95,9 @@ class Latency:
     warmup: int = 0
     """Untimed calls before the first round."""
     round_p99_ms: tuple[float, ...] = ()
-    """Each round's p99, in order."""
+    """Each round's p99, in order (preempted calls left out; see registry.latency)."""
+    preempted_calls: int = 0
+    """Timed calls during which the scheduler took the core away."""
 
 
 @dataclass(frozen=True)
@@ -361,6 +363,7 @@ def _latency(doc: Mapping[str, Any]) -> Latency:
         threads=int(doc.get("threads", 0)),
         warmup=int(doc.get("warmup", 0)),
         round_p99_ms=tuple(float(x) for x in doc.get("round_p99_ms", ())),
+        preempted_calls=int(doc.get("preempted_calls", 0)),
     )
 
 
