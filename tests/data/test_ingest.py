@@ -588,3 +588,29 @@ def test_a_value_bigger_than_a_reader_block_gets_the_same_verdict(
         (3, "device_id"),
         (4, "device_id"),
     ]
+
+
+def test_dates_and_times_outside_years_1_to_9999_are_type_mismatch(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "backline.toml").write_text(
+        '[sources.d]\nprimary_key = ["k"]\nevent_time = "t"\n'
+        '[sources.d.columns.k]\ntype = "string"\n[sources.d.columns.t]\ntype = "timestamp"\n'
+        '[sources.d.columns.day]\ntype = "date"\n'
+    )
+    cfg = load_config(root, env={})
+    t = pa.array([-(10**12), 1767348000, 1767348000]).cast(pa.timestamp("s", tz="UTC"))
+    table = pa.table(
+        {
+            "k": ["a", "b", "c"],
+            "t": t,  # year -29719 (a coarse unit; in microseconds it would overflow)
+            "day": pa.array([0, 2**31 - 5, 20_000], pa.int32()).cast(pa.date32()),
+        }
+    )
+    pq.write_table(table, tmp_path / "d.parquet")
+    result = ingest(cfg, "d", tmp_path / "d.parquet")  # used to raise OverflowError
+    assert (result.rows_accepted, result.quarantine_reasons) == (1, {"type_mismatch": 2})
+    assert query(cfg, 'SELECT line, "column" FROM quarantine ORDER BY 1') == [(1, "t"), (2, "day")]
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("k,t,day\nx,2026-01-02T00:00:00Z,99999-01-01\n")
+    assert ingest(cfg, "d", csv_path).quarantine_reasons == {"type_mismatch": 1}
