@@ -337,3 +337,13 @@ def test_features_entities_writes_what_history_needs(tmp_path: Path) -> None:
     times = pq.read_table(root / "t.parquet")["event_timestamp"].to_pylist()
     assert times == sorted(times)
     assert all("2026-01-02" <= t.isoformat() < "2026-01-03" for t in times)
+
+
+def test_ingesting_an_empty_file_says_nothing_went_in(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    assert run("init", str(root)).returncode == 0
+    (root / "empty.csv").write_bytes(b"")
+    got = run("ingest", "transactions", "empty.csv", cwd=root)
+    assert got.returncode == 0, got.stderr
+    assert "Nothing ingested" in got.stdout and "0 bytes" in got.stdout
+    assert "Committed" not in got.stdout

@@ -185,3 +185,19 @@ def test_demo_ends_promoted_and_its_suggestions_work(tmp_path: Path) -> None:
         else:
             assert float(read[1]) == pytest.approx(float(value), abs=1e-3), (name, got)
     assert "champion" in ran[-1][1]
+
+
+def test_the_next_step_init_prints_works_as_printed(tmp_path: Path) -> None:
+    made = subprocess.run(
+        [str(BIN / "backline"), "init", "fraud"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    nxt = re.search(r"^Next: (.+)$", made.stdout, re.M)
+    assert nxt, made.stdout
+    (_, out, _) = run_script([nxt[1]], tmp_path, timeout=300)[0]
+    assert "Committed batch" in out and "into source transactions" in out

@@ -22,20 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backline import __version__
+from backline.core.console import err, out
 from backline.core.errors import BacklineError, UsageError
-
-# Piped or redirected output is read by programs and by people in wide windows: do not cut
-# tables at rich's 80-column default there (a terminal keeps its real width).
-_WIDE = None if sys.stdout.isatty() else 1_000
-out = Console(highlight=False, soft_wrap=True, width=_WIDE)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -181,11 +174,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _print_ingest(result: Any) -> None:
+    if result.status == "empty":
+        out.print(f"Nothing ingested into source [bold]{result.source}[/]: no rows in the input.")
+        for warning in result.warnings:
+            out.print(f"  [yellow]note[/] {escape(warning)}")
+        return
     if result.status == "already_ingested":
         # the counts are the original batch's: say plainly that nothing new went in
         out.print(
             f"Already ingested as batch [bold]{result.batch_id}[/] into source "
-            f"[bold]{result.source}[/] (0 new rows): the same content was committed before, "
+            f"[bold]{result.source}[/] ({result.rows_new} new rows): the same content was committed before, "
             f"with {result.rows_accepted:,} accepted and {result.rows_quarantined:,} "
             "quarantined."
         )
@@ -277,6 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "metrics": dataclasses.asdict(result.metrics),
                     "training_set_digest": result.training_set_digest,
                     "served_variant": pkg.served,
+                    "already_registered": released.already_registered,
                 },
                 default=str,
             )
@@ -284,17 +283,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     m = result.metrics
     resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+    speed = result.samples_per_second
+    rate = "throughput unknown" if speed != speed else f"{speed:,.0f} samples/s"  # NaN
     out.print(
         f"Trained run {result.run_id}: {result.steps} steps on {result.train_examples:,} examples "
-        f"({result.samples_per_second:,.0f} samples/s{resumed})"
+        f"({rate}{resumed})"
     )
     out.print(
         f"  holdout ({result.holdout_examples:,} examples, {m.positives} fraud): AUC-PR {m.auc_pr:.4f}, "
         f"ROC-AUC {m.roc_auc:.4f}, recall@{m.target_fpr:.0%} FPR {m.recall_at_fpr:.4f}, ECE {m.ece:.4f}"
     )
+    what = (
+        "Already registered as" if released.already_registered else "Registered"
+    )  # a finished run trained again: same package, same version
     out.print(
-        f"Registered [bold]{version.model} v{version.version}[/] (served variant: {pkg.served}). "
-        f"Next: backline models gate {version.model} {version.version}"
+        f"{what} [bold]{version.model} v{version.version}[/] (served variant: {pkg.served}). "
+        f"Next: {cli_name()} models gate {version.model} {version.version}"
     )
     return 0
 
@@ -305,17 +309,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     cfg = _config(args)
     checks: list[dict[str, Any]] = []
 
-    def check(name: str, probe: Callable[[], str]) -> None:
+    def check(name: str, probe: Callable[..., str], *args: Any) -> None:
         try:
-            checks.append({"check": name, "ok": True, "detail": probe()})
+            checks.append({"check": name, "ok": True, "detail": probe(*args)})
         except BacklineError as exc:
             checks.append({"check": name, "ok": False, "detail": str(exc)})
 
     for key in ("offline", "online", "registry"):
-        check(f"{key}.uri", lambda key=key: check_reachable(cfg.store_uri(key)))
-    check("offline.catalog", lambda: check_reachable(cfg.catalog_uri))
+        check(f"{key}.uri", check_reachable, cfg.store_uri(key))
+    check("offline.catalog", check_reachable, cfg.catalog_uri)
     if _has_section(cfg.root, "train"):
-        check("train", lambda: _train_ready(cfg))
+        check("train", _train_ready, cfg)
     problems = sum(not c["ok"] for c in checks)
     if args.json:
         print(json.dumps({"ok": not problems, "checks": checks, "sources": list(cfg.sources)}))

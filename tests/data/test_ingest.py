@@ -614,3 +614,35 @@ def test_dates_and_times_outside_years_1_to_9999_are_type_mismatch(tmp_path: Pat
     csv_path = tmp_path / "d.csv"
     csv_path.write_text("k,t,day\nx,2026-01-02T00:00:00Z,99999-01-01\n")
     assert ingest(cfg, "d", csv_path).quarantine_reasons == {"type_mismatch": 1}
+
+
+def test_an_integer_column_never_rounds_a_fraction(tmp_path: Path) -> None:
+    """'1.5' in an int64 column is a type_mismatch, not 2; '1.0', ' 12 ' and 3.0 are whole."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "backline.toml").write_text(
+        '[sources.n]\nprimary_key = ["k"]\nevent_time = "t"\n'
+        '[sources.n.columns.k]\ntype = "string"\n[sources.n.columns.t]\ntype = "timestamp"\n'
+        '[sources.n.columns.n]\ntype = "int64"\n'
+    )
+    cfg = load_config(root, env={})
+    t = "2026-01-02T00:00:00Z"
+    values = ["1.5", "2", " 12 ", "1.0", "-3", "0.0000000001", "9223372036854775808", "7"]
+    (tmp_path / "n.csv").write_text(
+        "k,t,n\n" + "".join(f'k{i},{t},"{v}"\n' for i, v in enumerate(values))
+    )
+    result = ingest(cfg, "n", tmp_path / "n.csv")
+    assert result.quarantine_reasons == {"type_mismatch": 3}
+    stored = dict(query(cfg, "SELECT k, n FROM n"))
+    assert stored == {"k1": 2, "k2": 12, "k3": 1, "k4": -3, "k7": 7}
+    table = pa.table(
+        {
+            "k": ["a", "b", "c"],
+            "t": pa.array([1767348000] * 3).cast(pa.timestamp("s", tz="UTC")),
+            "n": pa.array([1.5, 3.0, 1e20]),
+        }
+    )
+    pq.write_table(table, tmp_path / "n.parquet")
+    result = ingest(cfg, "n", tmp_path / "n.parquet")
+    assert (result.rows_accepted, result.quarantine_reasons) == (1, {"type_mismatch": 2})
+    assert query(cfg, "SELECT n FROM n WHERE k = 'b'") == [(3,)]

@@ -470,7 +470,11 @@ def _try_cast(values: pa.Array, target: pa.DataType) -> pa.Array:
         con.execute("SET threads = 1")
         con.register("__column", pa.table({"v": values}))
         duck_type = next(d for k, d in DUCKDB_TYPES.items() if ARROW_TYPES[k] == target)
-        result = fetch_arrow(con.sql(f"SELECT TRY_CAST(v AS {duck_type}) AS v FROM __column"))
+        cast = f"TRY_CAST(v AS {duck_type})"
+        if pa.types.is_integer(target):
+            # TRY_CAST rounds ('1.5' -> 2): keep only values that are whole numbers exactly
+            cast = f"CASE WHEN TRY_CAST(v AS DECIMAL(38, 18)) = {cast} THEN {cast} END"
+        result = fetch_arrow(con.sql(f"SELECT {cast} AS v FROM __column"))
     finally:
         con.close()
     return result.column("v").combine_chunks().cast(target)

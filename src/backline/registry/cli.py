@@ -20,17 +20,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from backline.core.config import Config
+from backline.core.console import out
 from backline.core.errors import UsageError
 
 if TYPE_CHECKING:
     from backline.registry.store import Registry
-
-out = Console(highlight=False, soft_wrap=True)
 
 
 def add_commands(subparsers: Any) -> argparse.ArgumentParser:
