@@ -194,7 +194,8 @@ def reference(
                 key=lambda r: (r["event_time"], r["_ingested"], r["transaction_id"]),
                 default=None,
             )
-            fresh = best is not None and best["event_time"] >= at - view.ttl_delta
+            ttl = view.ttl_delta
+            fresh = best is not None and (ttl is None or best["event_time"] >= at - ttl)
             for f in view.fields:
                 if f.feature in features:
                     values[f.feature] = best[f.column] if fresh and best else None

@@ -209,6 +209,52 @@ def test_a_read_before_the_materialized_end_is_exact_or_refused(
     assert got["n_1h"] == 0 and got["sum_1h"] is None and got["distinct_countries_1d"] == 1
 
 
+def test_ttl_none_never_expires_and_an_omitted_ttl_is_30_days(tmp_path: Path) -> None:
+    """`ttl=None` (as Feast users write it) means a value never expires, in training sets,
+    materialization and online reads alike; leaving ttl out keeps the 30-day default."""
+    from backline.features.definitions import Entity, FeatureView, Field
+
+    card = Entity("card", join_keys=["card_id"])
+    omitted = FeatureView("v", entities=[card], source="transactions", fields=[Field("amount")])
+    assert omitted.ttl_delta == timedelta(days=30)
+    never = FeatureView(
+        "v", entities=[card], source="transactions", fields=[Field("amount")], ttl=None
+    )
+    assert never.ttl_delta is None and never.spec()["ttl_s"] is None
+    assert omitted.spec()["ttl_s"] == 30 * 86400
+    cfg, defs = make_project(tmp_path / "p")
+    features = cfg.root / "features.py"
+    features.write_text(features.read_text().replace('ttl="2h"', "ttl=None"))
+    defs = load_definitions(cfg)
+    from backline.features.repository import apply
+
+    apply(cfg, defs)
+    rows = [tx(CARD, T0 - timedelta(days=400), 12.5, country="FR"), tx(OTHER, T0, 1.0)]
+    ingest_rows(cfg, rows)
+    at = T0 + timedelta(days=1)
+    entity = {"card_id": CARD, "merchant_id": "m_000001"}
+    frame = pa.table(
+        {
+            "card_id": [CARD],
+            "merchant_id": ["m_000001"],
+            "event_timestamp": pa.array([at], pa.timestamp("us", tz="UTC")),
+            "amount": [1.0],
+        }
+    )
+    history = get_historical_features(cfg, defs, "test_v1", frame).to_pylist()[0]
+    assert (history["last_amount"], history["last_country"]) == (12.5, "FR")
+    for incremental in (False, True):
+        materialize(cfg, defs, incremental=incremental)
+        got = get_online_features(
+            cfg, defs, "test_v1", [entity], request_rows=[{"amount": 1.0}], at=at
+        )
+        assert got.to_dicts()[0]["last_amount"] == 12.5
+        assert got.status(0, "last_country") == "ok"
+        assert got.age("last_amount")[0] == pytest.approx(401 * 86400)
+    assert_matches(got.to_dicts()[0], reference(defs, "test_v1", rows, entity, at, {"amount": 1.0}))
+    online.clear_caches()
+
+
 def test_push_makes_a_new_event_visible_in_the_next_read(proj: tuple[Config, Definitions]) -> None:
     cfg, defs = proj
     ingest_rows(cfg, [tx(CARD, T0 - minutes(5), 10.0)])

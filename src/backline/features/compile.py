@@ -19,6 +19,7 @@ small speed-up DuckDB's ASOF would give on plain views.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from backline.core.config import SourceSpec
 from backline.features.definitions import Aggregate, FeatureView
@@ -92,7 +93,7 @@ class _Job:
     events: str
     t: str
     """The source's event time in µs, as SQL."""
-    low: int
+    low: int | None
     high: int
     key_cols: str
     """The view's join keys, quoted and comma-separated."""
@@ -106,12 +107,13 @@ def view_sql(
     *,
     entities: str,
     events: str,
-    event_bounds: tuple[int, int],
+    event_bounds: tuple[int | None, int],
 ) -> str:
     """SELECT `__row` and the chosen features of `view` for every row of `entities`.
 
     `entities` names a relation with the join keys, `__row` and `__t` (µs); `events` names the
-    view's source relation. Only events with time in `event_bounds` (µs, inclusive) are read.
+    view's source relation. Only events with time in `event_bounds` (µs, inclusive; a None low
+    bound is open) are read.
     """
     q = dialect.quote
     low, high = event_bounds
@@ -154,7 +156,7 @@ def _aggregate_sql(job: _Job) -> str:
         f"SELECT {key_cols}, {TIME}, 1 AS {KIND}, {ROW}{sep_e}{entity_values} FROM {entities} "
         f"UNION ALL "
         f"SELECT {key_cols}, {t} AS {TIME}, 0 AS {KIND}, CAST(NULL AS BIGINT) AS {ROW}"
-        f"{sep_v}{event_values} FROM {events} WHERE {t} BETWEEN {low} AND {high}"
+        f"{sep_v}{event_values} FROM {events} WHERE {within(t, low, high)}"
     )
     partition = f"PARTITION BY {key_cols} ORDER BY {TIME}"
     selects = []
@@ -216,7 +218,7 @@ def _plain_sql(job: _Job) -> str:
         f"SELECT {key_cols}, {t} AS {TIME}, 0 AS {KIND}, CAST(NULL AS BIGINT) AS {ROW}, "
         f"{ingested} AS __ing, "
         + ", ".join(f"{q(k)} AS {q('__pk' + str(i))}" for i, k in enumerate(source.primary_key))
-        + f", {event_values} FROM {events} WHERE {t} BETWEEN {low} AND {high}"
+        + f", {event_values} FROM {events} WHERE {within(t, low, high)}"
     )
     order = ", ".join(
         [TIME, KIND, "__ing", *(q("__pk" + str(i)) for i in range(len(source.primary_key)))]
@@ -225,8 +227,11 @@ def _plain_sql(job: _Job) -> str:
         f"{dialect.last_non_null(f'CASE WHEN {KIND} = 0 THEN {dialect.struct(packed)} END')} "
         f"OVER (PARTITION BY {key_cols} ORDER BY {order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
     )
-    ttl_us = int(view.ttl_delta.total_seconds() * 1_000_000)
-    fresh = f"{dialect.field('__last', 't')} >= {TIME} - {ttl_us}"
+    fresh = (
+        "TRUE"
+        if view.ttl_delta is None
+        else f"{dialect.field('__last', 't')} >= {TIME} - {_us(view.ttl_delta)}"
+    )
     outputs = ", ".join(
         f"CASE WHEN {fresh} THEN {dialect.field('__last', f'f{i}')} END AS {q(f.feature)}"
         for i, f in enumerate(chosen)
@@ -259,15 +264,17 @@ def _plain_asof_sql(job: _Job) -> str:
     tie = ", ".join(f"{q(k)} DESC" for k in source.primary_key)
     winners = (
         f"SELECT {key_cols}, {t} AS {TIME}, __file, __file_row FROM {events} "
-        f"WHERE {t} BETWEEN {low} AND {high} "
+        f"WHERE {within(t, low, high)} "
         f"QUALIFY row_number() OVER (PARTITION BY {key_cols}, {t} "
         f"ORDER BY {dialect.epoch_us('ingested_at')} DESC, {tie}) = 1"
     )
     on = " AND ".join(f"__e.{q(k)} = __w.{q(k)}" for k in keys)
-    ttl_us = int(view.ttl_delta.total_seconds() * 1_000_000)
+    fresh = (
+        "TRUE" if view.ttl_delta is None else f"__w.{TIME} >= __e.{TIME} - {_us(view.ttl_delta)}"
+    )
     matched = (
         f"SELECT __e.{ROW}, __w.__file, __w.__file_row, "
-        f"__w.{TIME} >= __e.{TIME} - {ttl_us} AS __fresh FROM {entities} __e "
+        f"{fresh} AS __fresh FROM {entities} __e "
         f"ASOF LEFT JOIN ({winners}) __w ON {on} AND __e.{TIME} >= __w.{TIME}"
     )
     outputs = ", ".join(
@@ -279,7 +286,17 @@ def _plain_asof_sql(job: _Job) -> str:
     )
 
 
-def event_bounds(view: FeatureView, t_min: int, t_max: int) -> tuple[int, int]:
-    """The event times (µs, inclusive) that can affect entity rows with times in [t_min, t_max]."""
+def event_bounds(view: FeatureView, t_min: int, t_max: int) -> tuple[int | None, int]:
+    """The event times (µs, inclusive) that can affect entity rows with times in [t_min, t_max];
+    no low bound for a plain view whose values never expire."""
     reach = view.max_window if view.is_aggregate else view.ttl_delta
-    return t_min - int(reach.total_seconds() * 1_000_000), t_max
+    return (None if reach is None else t_min - _us(reach)), t_max
+
+
+def within(t: str, low: int | None, high: int) -> str:
+    """SQL: the time expression `t` (µs) is in [low, high]; a None low bound is open."""
+    return f"{t} <= {high}" if low is None else f"{t} BETWEEN {low} AND {high}"
+
+
+def _us(delta: timedelta) -> int:
+    return int(delta.total_seconds()) * 1_000_000

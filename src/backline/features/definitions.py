@@ -15,7 +15,9 @@
 
 Semantics, the same offline and online:
 - A plain view (`fields`) takes, for an entity at time T, the latest source row with event time
-  at or before T; ties on event time go to the row ingested last. Older than `ttl`: null.
+  at or before T; ties on event time go to the row ingested last, then to the larger primary
+  key. Older than `ttl`: null. `ttl` left out means 30 days for a plain view (an aggregate
+  view's longest window for an aggregate view); `ttl=None` means a value never expires.
 - An aggregate view computes each aggregate over the entity's source rows with event time in
   the window (T - window, T]. With no rows, count and count_distinct are 0, the rest null;
   stddev is the sample standard deviation (null for one row).
@@ -49,6 +51,18 @@ def _check_name(kind: str, name: str) -> None:
             f"{kind} name {name!r} must be lower-case letters, digits and _, starting with a "
             "letter. Rename it."
         )
+
+
+class _DefaultTTL:
+    """The `ttl` of a FeatureView that does not give one (None means "never expires")."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_TTL"
+
+
+DEFAULT_TTL: Any = _DefaultTTL()
+PLAIN_TTL = timedelta(days=30)
+"""The ttl of a plain view that gives none."""
 
 
 def _duration(value: str | timedelta, what: str) -> timedelta:
@@ -143,7 +157,9 @@ class FeatureView:
     source: str
     fields: Sequence[Field] = ()
     aggregates: Sequence[Aggregate] = ()
-    ttl: str | timedelta | None = None
+    ttl: str | timedelta | None = DEFAULT_TTL
+    """How old a plain view's latest row may be; left out: 30 days (an aggregate view: its
+    longest window). None: never expires."""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -159,8 +175,11 @@ class FeatureView:
                 f"feature view {self.name!r} must have either fields (latest values) or "
                 "aggregates (windows), not both and not neither; split it into two views."
             )
-        if self.ttl is None:
-            ttl = max((a.window_delta for a in self.aggregates), default=timedelta(days=30))
+        ttl: timedelta | None
+        if self.ttl is DEFAULT_TTL:
+            ttl = max((a.window_delta for a in self.aggregates), default=PLAIN_TTL)
+        elif self.ttl is None:
+            ttl = None
         else:
             ttl = _duration(self.ttl, f"feature view {self.name!r} ttl")
         object.__setattr__(self, "ttl", ttl)
@@ -172,8 +191,9 @@ class FeatureView:
             raise SchemaError(f"feature view {self.name!r} defines {repeated[0]!r} twice.")
 
     @property
-    def ttl_delta(self) -> timedelta:
-        assert isinstance(self.ttl, timedelta)
+    def ttl_delta(self) -> timedelta | None:
+        """The ttl; None when values never expire."""
+        assert self.ttl is None or isinstance(self.ttl, timedelta)
         return self.ttl
 
     @property
@@ -190,7 +210,8 @@ class FeatureView:
 
     @property
     def max_window(self) -> timedelta:
-        return max((a.window_delta for a in self.aggregates), default=self.ttl_delta)
+        """The longest window of an aggregate view (0 for a plain view)."""
+        return max((a.window_delta for a in self.aggregates), default=timedelta(0))
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -207,7 +228,7 @@ class FeatureView:
                 }
                 for a in self.aggregates
             ],
-            "ttl_s": int(self.ttl_delta.total_seconds()),
+            "ttl_s": None if self.ttl_delta is None else int(self.ttl_delta.total_seconds()),
         }
 
 

@@ -27,7 +27,7 @@ from backline.features.repository import ServicePlan, require_applied, resolve_s
 
 DEFAULT_TIMESTAMP = "event_timestamp"
 # (view, features, source spec, event bounds in µs, events relation)
-_ViewJob = tuple[FeatureView, tuple[str, ...], SourceSpec, tuple[int, int], str]
+_ViewJob = tuple[FeatureView, tuple[str, ...], SourceSpec, tuple[int | None, int], str]
 
 
 def get_historical_features(

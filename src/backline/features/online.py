@@ -201,7 +201,8 @@ class _ViewRead:
             if event_us > t_us:  # the stored row is newer: what was the value at T is unknown
                 raise _TooEarly(event_us, "its latest row")
             age = (t_us - event_us) / 1e6
-            if event_us < t_us - self.layout.ttl_us:
+            ttl_us = self.layout.ttl_us
+            if ttl_us is not None and event_us < t_us - ttl_us:
                 for f, _, _ in self.picks:
                     values[f] = None
                     status[f] = (EXPIRED, age)

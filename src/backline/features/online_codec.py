@@ -104,7 +104,8 @@ class ViewLayout:
     """(feature, column, source type) of a plain view."""
     slots: tuple[Slot, ...]
     aggregates: tuple[AggregateSpec, ...]
-    ttl_us: int
+    ttl_us: int | None
+    """None: values never expire."""
     max_window_us: int
 
     @property
@@ -164,7 +165,7 @@ def layout_of(view: FeatureView, source: SourceSpec) -> ViewLayout:
         fields=tuple((f.feature, f.column, types[f.column]) for f in view.fields),
         slots=tuple(slots),
         aggregates=tuple(aggregates),
-        ttl_us=int(view.ttl_delta.total_seconds()) * 1_000_000,
+        ttl_us=None if view.ttl_delta is None else int(view.ttl_delta.total_seconds()) * 1_000_000,
         max_window_us=int(view.max_window.total_seconds()) * 1_000_000,
     )
 

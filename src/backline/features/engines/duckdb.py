@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import SchemaError, UsageError
 from backline.core.types import DUCKDB_TYPES
-from backline.features.compile import DUCKDB, ROW, TIME
+from backline.features.compile import DUCKDB, ROW, TIME, within
 
 _TIME_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ_NS")
 # Rows (entity rows + events) per bucket of a view: about 1 GB of DuckDB memory at peak.
@@ -149,12 +149,12 @@ class DuckDBEngine:
                 return True
         return False
 
-    def count_rows(self, events: str, spec: SourceSpec, bounds: tuple[int, int]) -> int:
+    def count_rows(self, events: str, spec: SourceSpec, bounds: tuple[int | None, int]) -> int:
         low, high = bounds
         t = f'epoch_us("{spec.event_time}")'
         row = _first(
             self.con.execute(
-                f"SELECT count(*) FROM {events} WHERE {t} BETWEEN {low} AND {high}"
+                f"SELECT count(*) FROM {events} WHERE {within(t, low, high)}"
             ).fetchall()
         )
         return int(row[0]) if row else 0
