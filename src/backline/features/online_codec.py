@@ -301,7 +301,7 @@ class PlainCodec:
 def _bad_value(magic: bytes) -> StoreError:
     return StoreError(
         f"the online store holds a value in an unknown format (tag {magic!r}), written by another "
-        "backline version. Run `backline materialize` to rewrite it."
+        "backline version. Run `backline features materialize` to rewrite it."
     )
 
 
@@ -371,7 +371,7 @@ def decode_events(blob: bytes, kinds: Sequence[str]) -> Events:
     if nslots != len(kinds):
         raise StoreError(
             f"an online value has {nslots} columns where its view version expects {len(kinds)}. "
-            "Run `backline materialize` to rewrite it."
+            "Run `backline features materialize` to rewrite it."
         )
     offset = _AGG_HEAD.size
     nulls = tuple(bool(b) for b in blob[offset : offset + nslots])
