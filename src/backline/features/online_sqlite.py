@@ -83,7 +83,7 @@ class SQLiteOnlineStore(OnlineStore):
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"online.uri = {uri!r}: {path} cannot be used as an online store ({exc}). Move it "
-                "aside and run `backline materialize` again."
+                "aside and run `backline features materialize` again."
             ) from None
 
     def _con(self) -> sqlite3.Connection:
