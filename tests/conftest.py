@@ -1,7 +1,9 @@
 """Shared fixtures: a fresh project per test, and real services behind markers.
 
 Tests marked `redis` or `postgres` talk to the real servers, and `spark` tests need pyspark
-and Java 17+. Locally they skip, with the reason shown, when a service is missing; with
+and Java 17+. The servers are the ones BACKLINE_TEST_REDIS_URL and BACKLINE_TEST_POSTGRES_URL
+name (default: redis and postgres on 127.0.0.1); the check probes their host and port. Locally
+they skip, with the reason shown, when a service is missing; with
 CI=true a missing service fails the test.
 """
 
@@ -14,6 +16,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -26,7 +29,15 @@ REDIS_URL = os.environ.get("BACKLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15
 POSTGRES_URL = os.environ.get(
     "BACKLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-_SERVICES = {"redis": ("127.0.0.1", 6379), "postgres": ("127.0.0.1", 5432)}
+_DEFAULT_PORTS = {"redis": 6379, "postgres": 5432}
+
+
+def service_address(marker: str) -> tuple[str, int]:
+    """Where the service behind a marker listens: the host and port of its
+    BACKLINE_TEST_*_URL (read when asked, so a test can point it elsewhere)."""
+    url = {"redis": REDIS_URL, "postgres": POSTGRES_URL}[marker]
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or _DEFAULT_PORTS[marker]
 
 
 @functools.cache
@@ -56,11 +67,12 @@ def spark_missing() -> str | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    problems = [
-        f"{marker} is not answering at {host}:{port}"
-        for marker, (host, port) in _SERVICES.items()
-        if item.get_closest_marker(marker) and not port_open(host, port)
-    ]
+    problems = []
+    for marker in _DEFAULT_PORTS:
+        if item.get_closest_marker(marker):
+            host, port = service_address(marker)
+            if not port_open(host, port):
+                problems.append(f"{marker} is not answering at {host}:{port}")
     if item.get_closest_marker("spark") and (missing := spark_missing()):
         problems.append(f"spark: {missing}")
     if problems:
