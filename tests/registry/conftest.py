@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from backline.core.config import Config, load_config
 from backline.registry import GateCheck, GateRecord, Lineage, Registry, open_registry
@@ -100,3 +102,33 @@ def gate(passed: bool = True, champion: int | None = None) -> GateRecord:
         eval_set_digest="eval-0001",
         champion_version=champion,
     )
+
+
+#: The tables docs/registry.md ("Immutability") calls append-only, with an UPDATE that would
+#: rewrite history in each: a description, a file's size, a failed gate turned into a pass, an
+#: audit line's reason. Listed here by hand, from the docs, not from schema.IMMUTABLE, so that a
+#: table dropped from the code's list is caught.
+APPEND_ONLY = {
+    "registry_versions": "description = 'rewritten'",
+    "registry_artifacts": "size = size + 1",
+    "registry_gate_records": "passed = NOT passed",
+    "registry_alias_events": "reason = 'rewritten'",
+}
+
+
+def assert_append_only(engine: Engine) -> None:
+    """UPDATE and DELETE on every append-only table fail with "immutable" and change nothing.
+
+    A row trigger only fires on a row, so each table must hold at least one row first.
+    """
+    for table, assignment in APPEND_ONLY.items():
+        with engine.connect() as conn:
+            before = sorted(map(tuple, conn.execute(text(f"SELECT * FROM {table}"))), key=repr)
+        assert before, f"{table} is empty: the test must write a row before it can check it"
+        for statement in (f"UPDATE {table} SET {assignment}", f"DELETE FROM {table}"):
+            with pytest.raises(DBAPIError, match="immutable"), engine.begin() as conn:
+                conn.execute(text(statement))
+                pytest.fail(f"{statement!r} was not refused")  # pragma: no cover
+        with engine.connect() as conn:
+            after = sorted(map(tuple, conn.execute(text(f"SELECT * FROM {table}"))), key=repr)
+        assert after == before, f"{table} changed"
