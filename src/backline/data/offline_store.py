@@ -13,8 +13,8 @@ A SQLite catalog (offline.catalog) lists committed batches and their files. Read
 files the catalog lists, so a batch is all there or not there at all:
 
     1. write every file under _staging/<batch_id>/ and fsync it
-    2. rename each file to its final place, fsync its folder and the parent of every folder
-       this created
+    2. rename each file to its final place, fsync its folder and every folder above it up to
+       the root (a folder made by this batch is an entry in its parent)
     3. one SQLite transaction inserts the batch, its files and its statistics  <- commit point
 
 A writer killed before step 3 leaves files that no committed batch names; the next writer
@@ -289,13 +289,15 @@ class OfflineStore:
         touched: set[Path] = set()
         for i, item in enumerate(files):
             target = self.root / item.final
-            touched.update(_make_folders(target.parent))
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(item.staged, target)
-            touched.add(target.parent)
+            # the file's folder, and every folder up to the root: a folder made by this batch
+            # (or by a killed writer, never synced) is an entry in its parent
+            touched.update(target.relative_to(self.root).parents)
             if fault_point == "mid_move" and i == len(files) // 2:
                 _die()
         for folder in sorted(touched, key=lambda p: len(p.parts), reverse=True):
-            _fsync_dir(folder)  # deepest first: a new folder's entry is synced in its parent
+            _fsync_dir(self.root / folder)  # deepest first
         if fault_point == "before_commit":
             _die()
         with self._connect() as con:
@@ -459,18 +461,6 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _make_folders(path: Path) -> list[Path]:
-    """Create `path` and any missing parents; return the folders whose entries changed (the
-    parent of each folder created), which must be fsynced for the new folders to last."""
-    missing = []
-    folder = path
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    path.mkdir(parents=True, exist_ok=True)
-    return [m.parent for m in missing]
 
 
 def _fsync_dir(path: Path) -> None:
