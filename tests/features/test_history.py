@@ -11,13 +11,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backline.core.config import Config, load_config
 from backline.core.errors import ConfigError, NotFoundError, SchemaError
 from backline.core.workspace import init_project
 from backline.data.ingest import ingest
+from backline.data.offline_store import OfflineStore
 from backline.features.history import get_historical_features, write_historical_features
 from backline.features.repository import apply, load_definitions, plan
 
@@ -71,11 +72,20 @@ def events_table(events: list[dict]) -> pa.Table:
     )
 
 
-def load_events(cfg: Config, events: list[dict], name: str = "events") -> None:
+def load_events(
+    cfg: Config, events: list[dict], name: str = "events", now: datetime | None = None
+) -> None:
+    """Ingest `events` as one batch (at `now`, or the wall clock) and record each event's
+    ingest time as the offline store wrote it, for the reference's tie-break."""
     path = cfg.root / "data" / f"{name}.parquet"
     pq.write_table(events_table(events), path)
-    result = ingest(cfg, "transactions", path)
+    result = ingest(cfg, "transactions", path, now=now)
     assert result.rows_quarantined == 0, result.quarantine_reasons
+    batch = next(
+        b for b in OfflineStore.open(cfg).batches("transactions") if b.batch_id == result.batch_id
+    )
+    for e in events:
+        e["ingested"] = datetime.fromisoformat(batch.ingested_at)
 
 
 def entity_table(rows: list[tuple[str, datetime, float]]) -> pa.Table:
@@ -108,7 +118,8 @@ def reference(events: list[dict], card: str, t: datetime, amount: float) -> dict
         "devices_seen_1h": sum(e["device"] is not None for e in hour),
     }
     seen = [e for e in mine if e["t"] <= t]
-    latest = max(seen, key=lambda e: (e["t"], f"tx_{e['id']:016x}")) if seen else None
+    # the documented tie-break: event time, then the row ingested last, then the larger key
+    latest = max(seen, key=lambda e: (e["t"], e["ingested"], e["id"])) if seen else None
     fresh = latest is not None and latest["t"] >= t - timedelta(minutes=30)
     out["last_amount"] = latest["amount"] if fresh else None
     out["last_device"] = latest["device"] if fresh else None
@@ -200,40 +211,96 @@ def test_window_edges_ties_and_ttl(tmp_path: Path) -> None:
 
 
 minutes = st.integers(0, 150)
+on_the_grid = st.integers(0, 30).map(lambda k: 5 * k)  # ties and window edges are common
+INGESTED = datetime(2026, 4, 1, tzinfo=UTC)
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[list[dict], list[tuple[str, datetime, float]]]:
+def scenarios(
+    draw: st.DrawFn,
+) -> tuple[list[dict], list[tuple[str, datetime, float]], list[int]]:
+    """Events in up to three batches, entity rows, and each batch's ingest hour.
+
+    Ids are a random permutation, and an event may copy an earlier one's card and time, so
+    events tie across batches with ingest order and key order disagreeing (a batch ingested
+    later holding the smaller id at the same time), and batches are ingested out of order.
+    """
     cards = ["card_0000001", "card_0000002", "card_0000003"]
-    events = [
-        {
-            "id": i + 1,
-            "card": draw(st.sampled_from(cards)),
-            "t": T0 + timedelta(minutes=draw(minutes)),
-            "amount": draw(st.floats(0.5, 5000, allow_nan=False).map(lambda x: round(x, 2))),
-            "country": draw(st.sampled_from(["US", "FR", "DE"])),
-            "device": draw(st.sampled_from(["d1", "d2", None])),
-        }
-        for i in range(draw(st.integers(1, 40)))
-    ]
+    n = draw(st.integers(1, 40))
+    ids = draw(st.permutations(range(1, n + 1)))
+    events: list[dict] = []
+    for i in range(n):
+        tie = draw(st.booleans()) and i > 0
+        like = events[draw(st.integers(0, i - 1))] if tie else None
+        events.append(
+            {
+                "id": ids[i],
+                "card": like["card"] if like else draw(st.sampled_from(cards)),
+                "t": like["t"]
+                if like
+                else T0 + timedelta(minutes=draw(st.one_of(minutes, on_the_grid))),
+                "amount": draw(st.floats(0.5, 5000, allow_nan=False).map(lambda x: round(x, 2))),
+                "country": draw(st.sampled_from(["US", "FR", "DE"])),
+                "device": draw(st.sampled_from(["d1", "d2", None])),
+                "batch": draw(st.integers(0, 2)),
+            }
+        )
+    hours = draw(st.lists(st.integers(0, 2), min_size=3, max_size=3))  # equal or out of order
     rows = [
         (
             draw(st.sampled_from([*cards, "card_0000004"])),
-            T0 + timedelta(minutes=draw(minutes)),
+            T0 + timedelta(minutes=draw(st.one_of(minutes, on_the_grid))),
             100.0,
         )
         for _ in range(draw(st.integers(1, 25)))
     ]
-    return events, rows
+    rows += [(e["card"], e["t"], 100.0) for e in events if draw(st.booleans())]
+    return events, rows, hours
+
+
+def _tied(i: int, card: str, minute: int, batch: int) -> dict:
+    return {
+        "id": i,
+        "card": card,
+        "t": T0 + timedelta(minutes=minute),
+        "amount": float(i),
+        "country": "US",
+        "device": f"d{i}",
+        "batch": batch,
+    }
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
+@example(  # a later batch holds the smaller id at the same time: the row ingested last wins
+    (
+        [_tied(9, "card_0000001", 10, 0), _tied(3, "card_0000001", 10, 1)],
+        [("card_0000001", T0 + timedelta(minutes=10), 100.0)],
+        [0, 1, 2],
+    )
+)
+@example(  # batch 1 is ingested before batch 0: ingest time decides, not commit order
+    (
+        [_tied(3, "card_0000002", 0, 0), _tied(9, "card_0000002", 0, 1)],
+        [("card_0000002", T0 + timedelta(minutes=5), 100.0)],
+        [2, 1, 0],
+    )
+)
+@example(  # one ingest time: the larger id wins
+    (
+        [_tied(9, "card_0000003", 5, 0), _tied(3, "card_0000003", 5, 1)],
+        [("card_0000003", T0 + timedelta(minutes=5), 100.0)],
+        [1, 1, 1],
+    )
+)
 def test_training_sets_equal_a_brute_force_reference(scenario: tuple) -> None:
-    events, rows = scenario
+    events, rows, hours = scenario
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_project(Path(tmp) / "p")
-        load_events(cfg, events)
+        for b in range(3):
+            batch = [e for e in events if e["batch"] == b]
+            if batch:
+                load_events(cfg, batch, f"batch{b}", now=INGESTED + timedelta(hours=hours[b]))
         table = get_historical_features(cfg, load_definitions(cfg), "svc", entity_table(rows))
         assert_rows_match(table, events, rows)
 
