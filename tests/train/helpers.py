@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -96,9 +98,20 @@ def wait_for(predicate: object, timeout: float = 60.0, every: float = 0.002) -> 
         time.sleep(every)
 
 
-def fraud_project(root: Path, *, labels: pa.Table | None = None, **train: object) -> Config:
-    """A project from the fraud example with generated transactions and labels ingested."""
+def fraud_project(
+    root: Path,
+    *,
+    labels: pa.Table | None = None,
+    label_key: Sequence[str] | None = None,
+    **train: object,
+) -> Config:
+    """A project from the fraud example with generated transactions and labels ingested.
+
+    `label_key` replaces the primary key of the labels source in the project's backline.toml
+    (e.g. transaction_id, label_time: a transaction may then have several labels, revisions)."""
     project = init_project(root)
+    if label_key is not None:
+        set_label_key(project, label_key)
     cfg = load_config(project, env={})
     data = generate(GENERATED)
     pq.write_table(data.transactions, project / "data" / "transactions.parquet")
@@ -108,6 +121,16 @@ def fraud_project(root: Path, *, labels: pa.Table | None = None, **train: object
         assert result.rows_quarantined == 0, result.quarantine_reasons
     apply(cfg, load_definitions(cfg))
     return with_train(cfg, **train)
+
+
+def set_label_key(project: Path, key: Sequence[str]) -> None:
+    """Declare `key` as the primary key of [sources.labels] in the project's backline.toml."""
+    toml = project / "backline.toml"
+    head, sep, tail = toml.read_text().partition("[sources.labels]")
+    new = "primary_key = [" + ", ".join(f'"{k}"' for k in key) + "]"
+    tail, found = re.subn(r"(?m)^primary_key = \[.*\]$", new, tail, count=1)
+    assert sep and found, "the example's [sources.labels] has no primary_key line"
+    toml.write_text(head + sep + tail)
 
 
 def with_train(cfg: Config, **train: object) -> Config:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from backline.core.config import Config, load_config
@@ -158,6 +160,112 @@ def test_no_labels_at_all(tmp_path: Path) -> None:
         NotFoundError, match=r"source 'labels' holds no labels.*backline ingest labels"
     ):
         build_training_set(cfg)
+
+
+# -- revisions: a label source whose primary key allows several labels per transaction ----------
+
+LabelRows = list[dict[str, Any]]
+REVISION_CUTOFFS = ("2026-03-01T00:00:00Z", "2026-03-05T00:00:00Z", None)
+
+
+@pytest.fixture(scope="module")
+def revised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[LabelRows]]:
+    """The fraud project with labels keyed on (transaction_id, label_time), and revisions in
+    later batches: every 5th transaction's label is flipped 2 days after it arrived, and every
+    15th flipped back 4 days after. The +4d batch is ingested *before* the +2d batch, so the
+    label that arrived last is not the one ingested last. Returns the config and the label
+    rows of each batch, in ingest order."""
+    root = tmp_path_factory.mktemp("revisions") / "proj"
+    original = generated_labels()
+    cfg = fraud_project(root, label_key=("transaction_id", "label_time"))
+    rows = original.to_pylist()
+    flipped = [
+        {**r, "is_fraud": not r["is_fraud"], "label_time": r["label_time"] + timedelta(days=2)}
+        for r in rows[::5]
+    ]
+    back = [{**r, "label_time": r["label_time"] + timedelta(days=4)} for r in rows[::15]]
+    batches = [rows]
+    for name, batch in (("back", back), ("flipped", flipped)):
+        path = cfg.root / "data" / f"labels-{name}.parquet"
+        pq.write_table(pa.Table.from_pylist(batch, schema=original.schema), path)
+        result = ingest(cfg, "labels", path)
+        assert result.rows_accepted == len(batch), result.quarantine_reasons
+        batches.append(batch)
+    return cfg, batches
+
+
+def known_labels(batches: list[LabelRows], cutoff: object) -> dict[str, bool]:
+    """Brute force: per transaction, of its labels with label_time <= cutoff, the one with the
+    latest label_time (then the latest batch) counts."""
+    best: dict[str, tuple[object, int, bool]] = {}
+    for order, batch in enumerate(batches):
+        for r in batch:
+            if r["label_time"] > cutoff:
+                continue
+            key = (r["label_time"], order)
+            tx = r["transaction_id"]
+            if tx not in best or key > best[tx][:2]:
+                best[tx] = (*key, r["is_fraud"])
+    return {tx: v[2] for tx, v in best.items()}
+
+
+@pytest.mark.parametrize("cutoff", REVISION_CUTOFFS)
+def test_the_latest_label_to_arrive_by_the_cutoff_counts(
+    revised: tuple[Config, list[LabelRows]], cutoff: str | None
+) -> None:
+    cfg, batches = revised
+    ts = build_training_set(cfg, cutoff=cutoff)
+    when = ts.cutoff
+    if cutoff is None:  # the default is the latest arrival: the last revision
+        assert when == max(r["label_time"] for b in batches for r in b)
+    tx_time = {
+        tx: t
+        for tx, t in zip(
+            *(
+                generate(GENERATED).transactions.column(c).to_pylist()
+                for c in ("transaction_id", "event_time")
+            ),
+            strict=True,
+        )
+    }
+    expected = {tx: v for tx, v in known_labels(batches, when).items() if tx_time[tx] < when}
+    got = pa.concat_tables([ts.train, ts.holdout])
+    ids = got.column("transaction_id").to_pylist()
+    assert len(ids) == len(set(ids)), "one example per transaction, however many labels"
+    assert dict(zip(ids, got.column("is_fraud").to_pylist(), strict=True)) == expected
+    assert ts.unlabelled == sum(t < when for t in tx_time.values()) - len(expected)
+
+    # The data make the assertion above able to fail: at this cutoff, some transactions have a
+    # revision that arrived by then and differs from their first label (so "the earliest wins"
+    # is wrong), and some have a later one that differs from what counts (so does "the latest
+    # ever wins").
+    first = known_labels(batches[:1], when)
+    ever = known_labels(batches, max(r["label_time"] for b in batches for r in b))
+    assert sum(first[tx] != v for tx, v in expected.items()) > 0
+    if cutoff is not None:
+        assert sum(ever[tx] != v for tx, v in expected.items()) > 0
+
+
+@pytest.mark.slow
+def test_a_revision_after_the_cutoff_is_invisible(
+    revised: tuple[Config, list[LabelRows]], tmp_path: Path
+) -> None:
+    """At a cutoff, the project with revisions gives the training set, digest included, of a
+    project that holds only the labels that had arrived by then."""
+    cfg, batches = revised
+    cutoff = utc(REVISION_CUTOFFS[1])
+    arrived = [r for b in batches for r in b if r["label_time"] <= cutoff]
+    later = sum(r["label_time"] > cutoff for b in batches[1:] for r in b)
+    assert later > 0
+    only = fraud_project(
+        tmp_path / "arrived",
+        labels=pa.Table.from_pylist(arrived, schema=generated_labels().schema),
+        label_key=("transaction_id", "label_time"),
+    )
+    assert (
+        build_training_set(only, cutoff=cutoff).digest
+        == build_training_set(cfg, cutoff=cutoff).digest
+    )
 
 
 def load_definitions_outputs(cfg: Config) -> list[str]:
