@@ -84,8 +84,30 @@ def test_kill_at_each_step_of_the_commit(
     assert not (root / "_staging").exists()
 
 
+def _wait_for_staging(proc: subprocess.Popen[bytes], root: Path) -> bool:
+    """Wait until the writer holds the lock and has begun its batch (its staging folder
+    exists) or has exited; True in the first case."""
+    staging = root / "_staging"
+    while proc.poll() is None:
+        if staging.exists() and any(staging.iterdir()):
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def _fresh(tmp_path: Path, n: int) -> tuple[Path, Config]:
+    root = init_project(tmp_path / f"fresh{n}")
+    cfg = load_config(root, env={})
+    ingest(cfg, "transactions", write_csv(tmp_path / f"first{n}.csv", [row(i) for i in range(100)]))
+    return root, cfg
+
+
 @pytest.mark.slow
 def test_kill_at_random_moments(seeded: Config, project: Path, tmp_path: Path) -> None:
+    """SIGKILL the writer at random moments of its batch: after each kill readers see the
+    store exactly as before or with the whole batch, and the next writer sweeps what the
+    killed one left. The moments are drawn from a measured ingest (from taking the lock to
+    exit), so they land mid-ingest whatever the machine's speed; at least three must."""
     big = write_csv(
         tmp_path / "big.csv",
         [
@@ -93,35 +115,58 @@ def test_kill_at_random_moments(seeded: Config, project: Path, tmp_path: Path) -
             for i in range(1000, 61000)
         ],
     )
-    started = time.perf_counter()
+    seeded_root = seeded.store_uri("offline").path
+    assert seeded_root is not None
     proc = run_ingest(project, big)
+    assert _wait_for_staging(proc, seeded_root), proc.stderr.read() if proc.stderr else ""
+    locked = time.perf_counter()
     assert proc.wait(120) == 0, proc.stderr.read() if proc.stderr else ""
-    full = time.perf_counter() - started
+    window = time.perf_counter() - locked  # the batch's life: lock, read, validate, write, commit
     done = snapshot(seeded)
-    # start again from the one-batch store: forget the batch by restoring a fresh project copy
-    rng = random.Random(1234)
-    fresh_root = tmp_path / "fresh"
-    from backline.core.config import load_config
-    from backline.core.workspace import init_project
+    assert done[0][0][0] == 60_100
 
-    fresh = load_config(init_project(fresh_root), env={})
-    ingest(fresh, "transactions", write_csv(tmp_path / "first2.csv", [row(i) for i in range(100)]))
+    rng = random.Random(1234)
+    fresh_root, fresh = _fresh(tmp_path, 0)
     initial = snapshot(fresh)
-    outcomes = set()
-    for _ in range(6):
+    outcomes: list[str] = []
+    for attempt in range(1, 16):
+        offline = fresh.store_uri("offline").path
+        assert offline is not None
         proc = run_ingest(fresh_root, big)
-        time.sleep(rng.uniform(0.3 * full, full))  # late: most of a run is start-up
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(60)
+        if _wait_for_staging(proc, offline):
+            time.sleep(rng.uniform(0.0, window))
+            proc.send_signal(signal.SIGKILL)
+        code = proc.wait(120)
+        assert code in (0, -signal.SIGKILL), proc.stderr.read() if proc.stderr else ""
         state = snapshot(fresh)
-        counts = state[0][0][0]
-        assert counts in (initial[0][0][0], done[0][0][0]), f"partial batch visible: {counts} rows"
-        outcomes.add(counts)
-        if counts == done[0][0][0]:
+        if state == initial:
+            assert code == -signal.SIGKILL, "the writer exited 0 but its batch is not there"
+            assert (offline / "_staging").exists(), "the killed writer had begun its batch"
+            outcomes.append("killed mid-ingest")
+        else:  # committed before the kill: the whole batch, never part of it
+            assert state[0] == done[0] and state[1] == done[1], f"partial batch: {state[0]}"
+            assert len(state[2]) == 2
+            outcomes.append("killed after the commit" if code else "finished")
+            fresh_root, fresh = _fresh(tmp_path, attempt)  # start again without the batch
+            initial = snapshot(fresh)
+        if outcomes.count("killed mid-ingest") >= 3:
             break
+    assert outcomes.count("killed mid-ingest") >= 3, outcomes
+
+    # the next writer sweeps every leftover of the killed ones, then commits the batch whole
     final = ingest(fresh, "transactions", big)
+    assert final.status == "committed"
     assert snapshot(fresh)[0] == done[0]
-    assert final.status in ("committed", "already_ingested")
+    offline = fresh.store_uri("offline").path
+    assert offline is not None
+    assert not (offline / "_staging").exists()
+    owned = {
+        str(p)
+        for kind in ("data", "keys", "quarantine")
+        for p in OfflineStore.open(fresh).files(kind)
+    }
+    on_disk = {str(p) for p in offline.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert on_disk == owned, "files no committed batch owns were left behind"
 
 
 _WORKER = """
