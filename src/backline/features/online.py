@@ -68,6 +68,8 @@ _ARROW_TYPES = {
 class OnlineRangeError(UsageError):
     """A read at a time the online store cannot answer exactly (before what it holds)."""
 
+    code = "online_range"
+
 
 class _TooEarly(Exception):
     """Raised by a view's fill: the stored state only answers reads from `earliest` (µs)."""
