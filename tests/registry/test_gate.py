@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from backline.registry.gate import (
     gate_version,
     paired_bootstrap,
 )
-from backline.train.metrics import average_precision
+from backline.train.metrics import average_precision, recall_at_fpr
 from backline.train.preprocess import Preprocessor
 from tests.registry.conftest import lineage, make_files
 from tests.registry.test_export import CATEGORICAL, NUMERIC, make_table, train_model
@@ -143,6 +144,93 @@ def test_thresholds_and_budgets_fail_when_exceeded(change: dict[str, object], fa
 def test_budgets_at_the_limit_pass() -> None:
     record = gate("better", latency_p99_ms=5.0, artifact_bytes=50_000_000)
     assert checks(record)["latency_p99_ms"].passed and checks(record)["artifact_mb"].passed
+
+
+def _values(table: pa.Table, *columns: str) -> list[np.ndarray]:
+    return [np.asarray(table.column(c).to_numpy(), dtype=np.float64) for c in columns]
+
+
+@pytest.mark.parametrize(
+    ("name", "exact"),
+    [
+        ("auc_pr_floor", lambda y, s, _gate: ("min_auc_pr", average_precision(y, s))),
+        (
+            "recall_at_fpr_floor",
+            lambda y, s, _gate: ("min_recall_at_fpr", recall_at_fpr(y, s, 0.01)[0]),
+        ),
+        ("latency_p99_ms", lambda _y, _s, _gate: ("max_latency_ms", 1.0)),
+        ("artifact_mb", lambda _y, _s, _gate: ("max_artifact_mb", 2.0)),
+    ],
+)
+def test_each_limit_passes_exactly_at_the_limit_and_fails_just_past_it(
+    name: str, exact: Callable[[np.ndarray, np.ndarray, GateSection], tuple[str, float]]
+) -> None:
+    """Floors are `>=` and budgets `<=`: the limit itself passes, one ulp past it fails."""
+    rows = scored_rows()
+    y, s = _values(rows, "is_fraud", "better")
+    field, value = exact(y, s, GATE)  # the candidate's own figure (latency 1.0 ms, 2.0 MB)
+    at = checks(gate("better", gate_cfg=dataclasses.replace(GATE, **{field: value})))[name]
+    assert at.value == value and at.threshold == value and at.passed
+    floor = name.endswith("_floor")
+    past = np.nextafter(value, np.inf if floor else -np.inf)  # the figure is just short of it
+    record = gate("better", gate_cfg=dataclasses.replace(GATE, **{field: float(past)}))
+    assert not checks(record)[name].passed and not record.passed
+    assert [c.name for c in record.checks if not c.passed] == [name]
+
+
+def noisy_rows(n: int = 600, seed: int = 5) -> pa.Table:
+    """A candidate a little better than the champion on the point estimate, on few rows and with
+    noise of its own, so the paired interval of the difference is wide."""
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.1
+    shared = rng.normal(size=n)
+    return pa.table(
+        {
+            "is_fraud": y,
+            "champion": 1.5 * y + shared + 0.5 * rng.normal(size=n),
+            "noisy": 1.9 * y + shared + 1.0 * rng.normal(size=n),
+        }
+    )
+
+
+def test_non_inferiority_is_judged_on_the_interval_not_the_point_estimate() -> None:
+    rows = noisy_rows()
+    y, cand, champ = _values(rows, "is_fraud", "noisy", "champion")
+    ci = paired_bootstrap(
+        y, cand, champ, samples=GATE.bootstrap_samples, confidence=GATE.confidence, seed=0
+    )
+    # the case this test is about: the point estimate is ahead, the lower bound far behind
+    assert ci.difference > 0 and ci.low < -0.03, ci
+
+    record = gate("noisy", table=rows, champion_version=1)
+    ni = checks(record)["non_inferiority"]
+    assert (ni.value, ni.threshold) == (ci.low, -0.01)
+    assert not ni.passed and not record.passed  # the point estimate alone would pass it
+    assert f"{ci.difference:+.4f}" in ni.detail and f"[{ci.low:+.4f}, {ci.high:+.4f}]" in ni.detail
+
+    # a margin wider than the lower bound passes; the bound itself does not (it must exceed)
+    for margin, passed in [
+        (0.01, False),
+        (-ci.low, False),
+        (float(np.nextafter(-ci.low, np.inf)), True),
+        (-ci.low + 0.01, True),
+    ]:
+        cfg = dataclasses.replace(GATE, non_inferiority_margin=margin)
+        assert checks(gate("noisy", table=rows, gate_cfg=cfg))["non_inferiority"].passed is passed
+
+    # the reverse: a candidate a little behind on the point estimate, with a tight interval
+    # (its scores are the champion's, a little lower on the positives) whose lower bound is
+    # within the margin, passes
+    rows = scored_rows()
+    y, champ = _values(rows, "is_fraud", "champion")
+    behind = champ - 0.02 * y + 0.02 * np.random.default_rng(9).normal(size=y.size)
+    rows = rows.append_column("behind", pa.array(behind))
+    ci = paired_bootstrap(
+        y, behind, champ, samples=GATE.bootstrap_samples, confidence=GATE.confidence, seed=0
+    )
+    assert -0.01 < ci.low <= ci.difference < 0, ci
+    ni = checks(gate("behind", table=rows))["non_inferiority"]
+    assert ni.passed and ni.value == ci.low
 
 
 def test_same_seed_same_record_other_seed_other_interval() -> None:
