@@ -194,6 +194,35 @@ def test_quoted_fields_crlf_and_bom(cfg: Config, tmp_path: Path) -> None:
     assert quarantine_by_line(cfg) == {9: "malformed_row"}
 
 
+def test_an_unclosed_quote_rejects_only_its_own_line(cfg: Config, tmp_path: Path) -> None:
+    """A quote closed by a later line's quote does not make the lines between one record
+    unless together they are a valid record: the good rows between two open quotes are kept."""
+    rows = [
+        row(1).replace("m_000001", '"m_open'),  # line 2: never closed
+        row(2),  # 3: good
+        row(3).replace("m_000001", '"m_open2'),  # 4: its quote would "close" line 2's
+        row(4),  # 5: good
+        row(5).replace("m_000001", '"m_two\nlines"'),  # 6-7: a value spanning two lines
+        row(6).replace("grocery", '"gro\ncery",extra'),  # 8-9: spans lines, one field too many
+        row(7),  # 10: good
+    ]
+    result = ingest(cfg, "transactions", write_csv(tmp_path / "q.csv", rows))
+    assert (result.rows_in, result.rows_accepted) == (8, 4)
+    assert quarantine_by_line(cfg) == {
+        2: "malformed_row",
+        4: "malformed_row",
+        8: "malformed_row",
+        9: "malformed_row",
+    }
+    kept = query(cfg, "SELECT transaction_id, merchant_id FROM transactions ORDER BY 1")
+    assert kept == [
+        (tx_id(2), "m_000001"),
+        (tx_id(4), "m_000001"),
+        (tx_id(5), "m_two\nlines"),
+        (tx_id(7), "m_000001"),
+    ]
+
+
 def test_jsonl_with_broken_lines(cfg: Config, tmp_path: Path) -> None:
     good = {
         "transaction_id": tx_id(1),

@@ -9,7 +9,8 @@ CSV has two paths. The fast one hands the bytes to Arrow's C++ reader when the f
 UTF-8; its result is kept only if every record turned out to be exactly one line, so that line
 numbers are exact. Anything else (a value spanning lines, an unclosed quote, undecodable bytes,
 a repeated header name) takes the careful path: one record at a time, a quoted value may span
-lines, and an unclosed quote rejects only the line it starts on.
+lines when they form a valid record, and an unclosed quote (one the following lines do not
+close into a valid record) rejects only the line it starts on.
 """
 
 from __future__ import annotations
@@ -268,18 +269,23 @@ def _read_csv_records(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
             )
             continue
         if text.count('"') % 2 == 1:
+            # A quoted value may span lines, but only into a valid record: a quote that the
+            # following lines do not close into one rejects its own line alone, so the lines
+            # after it (perhaps with open quotes of their own) are still records of their own.
             joined, used = _join_quoted(text, raw_lines, i, spec.encoding)
-            if joined is None:
+            record = None if joined is None else _parse_record(joined, spec.delimiter, header)
+            if record is None:
                 rejects.append(
                     Reject(number, "malformed_row", "a quoted value is never closed", text)
                 )
                 continue
-            text, i = joined, i + used
-        try:
-            fields = next(csv.reader([text], delimiter=spec.delimiter, strict=True))
-        except (csv.Error, StopIteration) as exc:
-            rejects.append(Reject(number, "malformed_row", f"not valid CSV ({exc})", text))
-            continue
+            fields, text, i = record, str(joined), i + used
+        else:
+            try:
+                fields = next(csv.reader([text], delimiter=spec.delimiter, strict=True))
+            except (csv.Error, StopIteration) as exc:
+                rejects.append(Reject(number, "malformed_row", f"not valid CSV ({exc})", text))
+                continue
         if header is None:
             header = fields
             if len(set(header)) != len(header):
@@ -312,6 +318,16 @@ def _read_csv_records(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
         )
     table = table.append_column(LINE, pa.array(line_numbers, pa.int64()))
     return _conform(path, "csv", table, rejects, spec)
+
+
+def _parse_record(text: str, delimiter: str, header: list[str] | None) -> list[str] | None:
+    """The fields of a record that spans lines, or None unless it is valid CSV with the
+    header's number of fields (any number for the header itself)."""
+    try:
+        fields = next(csv.reader([text], delimiter=delimiter, strict=True))
+    except (csv.Error, StopIteration):
+        return None
+    return fields if header is None or len(fields) == len(header) else None
 
 
 def _join_quoted(
