@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from backline.core.config import Config, load_config
@@ -143,3 +145,40 @@ def generated_labels() -> pa.Table:
 
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class FsyncLog:
+    """Records, in order, every os.fsync (the file descriptor's path and, for a file, its size
+    at that moment) and every os.rename or os.replace (as "rename", with the new path), in this
+    process, while the test runs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        if not Path("/proc/self/fd").is_dir():
+            pytest.skip("needs /proc/self/fd to name a file descriptor's path")
+        self.events: list[tuple[str, Path, int | None]] = []
+        real_fsync, real_rename = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            info = os.fstat(fd)
+            size = info.st_size if stat.S_ISREG(info.st_mode) else None
+            real_fsync(fd)
+            self.events.append(("fsync", path, size))
+
+        def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+            real_rename(src, dst)
+            self.events.append(("rename", Path(dst).resolve(), None))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "rename", rename)
+        monkeypatch.setattr(os, "replace", rename)
+
+    def mark(self, what: str) -> None:
+        self.events.append((what, Path(), None))
+
+    def index(self, kind: str, path: Path, start: int = 0) -> int:
+        """Position of the first `kind` event on `path` at or after `start`."""
+        for i, (k, p, _) in enumerate(self.events[start:], start):
+            if k == kind and p == path:
+                return i
+        raise AssertionError(f"no {kind} of {path} in {self.events[start:]}")

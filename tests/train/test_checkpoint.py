@@ -12,6 +12,8 @@ import torch
 
 from backline.train.checkpoint import FILES, CheckpointStore, Snapshot, load_checkpoint
 
+from .helpers import FsyncLog
+
 
 def snapshot(step: int) -> Snapshot:
     return Snapshot(
@@ -128,6 +130,75 @@ def test_a_failed_background_save_surfaces_on_wait(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         store.wait()
     store.wait()  # reported once
+
+
+# -- durability: what was fsynced, in what order, relative to the commit point ---------------
+
+
+def assert_committed_durably(log: FsyncLog, root: Path, step: int) -> int:
+    """Each file of the checkpoint was fsynced holding all its bytes, then its temporary folder,
+    then the rename committed it, then `root` was fsynced. Returns the rename's position."""
+    final = root / f"step-{step:09d}"
+    commit = log.index("rename", final)
+    prefix = f".tmp-step-{step:09d}-"
+    tmps = {
+        p
+        for k, p, _ in log.events[:commit]
+        if k == "fsync" and p.parent == root and p.name.startswith(prefix)
+    }
+    assert len(tmps) == 1, f"expected its temporary folder fsynced before the commit: {tmps}"
+    tmp = tmps.pop()
+    manifest = json.loads((final / "manifest.json").read_text())
+    sizes = {name: f["bytes"] for name, f in manifest["files"].items()}
+    sizes["manifest.json"] = (final / "manifest.json").stat().st_size
+    last_file = 0
+    for name, size in sizes.items():
+        at = log.index("fsync", tmp / name)
+        assert log.events[at][2] == size, f"{name} was fsynced before all its bytes were written"
+        last_file = max(last_file, at)
+    folder = log.index("fsync", tmp, last_file)
+    assert last_file < folder < commit, (
+        "the folder must be fsynced after its files, before the rename"
+    )
+    assert log.index("fsync", root, commit) > commit, "the rename itself must be made durable"
+    return commit
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_every_file_and_folder_is_fsynced_before_the_commit_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: bool
+) -> None:
+    """A SIGKILL test cannot see a missing fsync (the page cache outlives the process); a power
+    cut would. So pin the order: each file is fsynced with all its bytes, then the temporary
+    folder, then before_commit runs (the trainer syncs its loss log there), then the rename
+    commits, then the parent folder is fsynced, all before save (or wait) returns."""
+    log = FsyncLog(monkeypatch)
+    store = CheckpointStore(
+        tmp_path / "checkpoints", keep=2, before_commit=lambda: log.mark("before_commit")
+    )
+    store.prepare()
+    store.save(snapshot(10), background=background)
+    store.wait()
+    root = store.root.resolve()
+    commit = assert_committed_durably(log, root, 10)
+    hook = log.index("before_commit", Path())
+    tmp_synced = max(i for i, (k, p, _) in enumerate(log.events) if k == "fsync" and p != root)
+    assert tmp_synced < hook < commit
+    assert [k for k, _, _ in log.events].count("rename") == 1
+
+
+def test_later_saves_and_clear_are_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = store_with(tmp_path, [10], keep=2)
+    log = FsyncLog(monkeypatch)
+    for step in (20, 30):  # 30 also deletes step 10 (keep=2)
+        store.save(snapshot(step))
+    store.wait()
+    root = store.root.resolve()
+    assert assert_committed_durably(log, root, 20) < assert_committed_durably(log, root, 30)
+    # --resume never: the deletions are made durable before clear() returns
+    log.events.clear()
+    store.clear()
+    assert store.committed() == [] and log.events[-1][:2] == ("fsync", root)
 
 
 class _Evil:

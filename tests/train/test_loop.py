@@ -31,7 +31,7 @@ from backline.train.state import (
     set_rng_state,
 )
 
-from .helpers import logged_step, small_spec, synthetic_data, wait_for
+from .helpers import FsyncLog, logged_step, small_spec, synthetic_data, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,31 @@ def test_no_good_checkpoint_trains_from_scratch_with_a_message(
     assert any("no usable checkpoint" in n and "training from step 0" in n for n in notes)
     assert result.parameter_sha256 == reference[0]
     assert (tmp_path / LOSS_LOG).read_bytes() == reference[1]
+
+
+def test_the_loss_log_is_durable_up_to_each_checkpoint_before_it_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resume cuts the log back to the checkpoint's step: if a power cut lost log lines that
+    a committed checkpoint had already passed, the resumed log would have a hole. So every
+    checkpoint commits only after an fsync of the log that covered its step."""
+    spec = small_spec(max_steps=30, checkpoint_every=10)
+    prepare_run_dir(tmp_path, spec, synthetic_data())
+    log = FsyncLog(monkeypatch)
+    fit(spec, synthetic_data(), tmp_path, notify=lambda _: None)
+    root, loss_log = (tmp_path / "checkpoints").resolve(), (tmp_path / LOSS_LOG).resolve()
+    lines = (tmp_path / LOSS_LOG).read_bytes().splitlines(keepends=True)
+    # the log is a new file (LossLog writes it atomically): its name is durable before any
+    # checkpoint that relies on its lines commits
+    created = log.index("rename", loss_log)
+    assert log.index("fsync", loss_log.parent, created) < log.index(
+        "rename", root / "step-000000010"
+    )
+    for step in (10, 20, 30):
+        commit = log.index("rename", root / f"step-{step:09d}")
+        synced = [size for k, p, size in log.events[:commit] if k == "fsync" and p == loss_log]
+        assert synced and synced[-1] is not None, f"loss log not fsynced before step {step}"
+        assert synced[-1] >= len(b"".join(lines[:step])), step
 
 
 def _train_until_sigterm(run: Path, at_step: int) -> int:

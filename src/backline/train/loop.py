@@ -45,6 +45,7 @@ from backline.train.state import (
     DataOrder,
     LossLog,
     WarmupCosine,
+    fsync_dir,
     on_cpu,
     parameter_sha256,
     rng_state,
@@ -117,6 +118,7 @@ class TensorData:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: Path) -> TensorData:

@@ -177,9 +177,22 @@ def read_loss_log(path: Path) -> list[tuple[int, float]]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text`: the old content or the new, also after a power cut. The
+    folder is fsynced after the rename, else the new name may be lost while data written to
+    the new file through an open descriptor (the loss log after its cut-back) is not."""
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder `path` (creations, renames, deletions) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
