@@ -87,12 +87,19 @@ def test_kill_at_each_step_of_the_commit(
 def _wait_for_staging(proc: subprocess.Popen[bytes], root: Path) -> bool:
     """Wait until the writer holds the lock and has begun its batch (its staging folder
     exists) or has exited; True in the first case."""
-    staging = root / "_staging"
     while proc.poll() is None:
-        if staging.exists() and any(staging.iterdir()):
+        if _staging_begun(root):
             return True
         time.sleep(0.002)
     return False
+
+
+def _staging_begun(root: Path) -> bool:
+    """Whether a batch's staging folder exists under the store root (it may vanish as we look)."""
+    try:
+        return any((root / "_staging").iterdir())
+    except FileNotFoundError:
+        return False
 
 
 def _fresh(tmp_path: Path, n: int) -> tuple[Path, Config]:
@@ -207,7 +214,7 @@ def _concurrent_trial(project: Path, inputs: list[Path], tmp: Path) -> bool:
     cfg = load_config(project, env={})
     staging = cfg.store_uri("offline").path / "_staging"
     (tmp / "go0").touch()
-    while procs[0].poll() is None and not (staging.exists() and any(staging.iterdir())):
+    while procs[0].poll() is None and not _staging_begun(staging.parent):
         time.sleep(0.001)
     (tmp / "go1").touch()
     (tmp / "go2").touch()
