@@ -94,10 +94,11 @@ def _wait_for_staging(proc: subprocess.Popen[bytes], root: Path) -> bool:
     return False
 
 
-def _staging_begun(root: Path) -> bool:
-    """Whether a batch's staging folder exists under the store root (it may vanish as we look)."""
+def _staging_begun(root: Path, writing: bool = False) -> bool:
+    """Whether a batch's staging folder exists under the store root (it may vanish as we look);
+    with `writing`, whether its data files are being written."""
     try:
-        return any((root / "_staging").iterdir())
+        return any((root / "_staging").glob("*/data" if writing else "*"))
     except FileNotFoundError:
         return False
 
@@ -195,7 +196,7 @@ print(json.dumps({"started": started, "ended": time.time()}))
 
 
 def _concurrent_trial(project: Path, inputs: list[Path], tmp: Path) -> bool:
-    """Writer 0 starts; writers 1 and 2 start once writer 0 holds the lock and is staging its
+    """Writer 0 starts; writers 1 and 2 start once writer 0 holds the lock and is writing its
     batch. Asserts that all exit 0 and all rows land; True if the writers overlapped."""
     procs = [
         subprocess.Popen(
@@ -214,7 +215,7 @@ def _concurrent_trial(project: Path, inputs: list[Path], tmp: Path) -> bool:
     cfg = load_config(project, env={})
     staging = cfg.store_uri("offline").path / "_staging"
     (tmp / "go0").touch()
-    while procs[0].poll() is None and not _staging_begun(staging.parent):
+    while procs[0].poll() is None and not _staging_begun(staging.parent, writing=True):
         time.sleep(0.001)
     (tmp / "go1").touch()
     (tmp / "go2").touch()
@@ -263,3 +264,44 @@ def test_concurrent_ingests_wait_for_the_lock_and_all_land(tmp_path: Path) -> No
         if overlapped:
             break
     assert overlapped, "in 3 trials the writers never overlapped: the lock was not exercised"
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` holds a descriptor on `path`."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def test_a_writer_waits_while_another_holds_the_lock(
+    seeded: Config, project: Path, tmp_path: Path
+) -> None:
+    """While this process holds the writer lock, with a batch of its own half staged, a second
+    writer that has reached the lock touches nothing; once released, it sweeps the (now dead)
+    staging and commits."""
+    store = OfflineStore.open(seeded)
+    lock = os.path.realpath(store.root / ".lock")
+    batch = write_csv(tmp_path / "next.csv", [row(i) for i in range(500, 700)])
+    with store.writer_lock():
+        mine = store.staging_dir("holder") / "half-written.parquet"
+        mine.write_bytes(b"a batch being written by the lock's holder")
+        proc = run_ingest(project, batch)
+        while not _has_open(proc.pid, Path(lock)):  # it has opened .lock: it is at the lock
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.005)
+        for _ in range(100):  # a second: a writer past the lock would have swept by now
+            assert mine.exists(), "the second writer swept a batch while another held the lock"
+            assert sorted(p.name for p in (store.root / "_staging").iterdir()) == ["holder"]
+            assert proc.poll() is None, "the second writer did not wait for the lock"
+            time.sleep(0.01)
+    assert proc.wait(120) == 0, proc.stderr.read() if proc.stderr else ""
+    assert not (store.root / "_staging").exists(), "the dead staging was swept after the lock"
+    assert [b.rows_accepted for b in store.batches("transactions")] == [100, 200]
