@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import shutil
+import signal
 
 import pytest
 import torch
 
 from backline.core.config import Config
-from backline.core.errors import ConfigError, StoreError, UsageError
+from backline.core.errors import ConfigError, StoreError, TrainingInterrupted, UsageError
+from backline.train.loop import TrainProgress
 from backline.train.metrics import evaluate
 from backline.train.preprocess import Preprocessor
 from backline.train.run import TrainResult, load_model, predict_proba, run_training
 from backline.train.state import read_loss_log
 
-from .helpers import fraud_project, with_train
+from .helpers import fraud_project, logged_step, with_train
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +130,48 @@ def test_cuda_without_cuda_says_so(cfg: Config) -> None:
         run_training(cfg, device="cuda", progress=False)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_training_resumes_bitwise(cfg: Config, first: TrainResult) -> None:
-    gpu = run_training(cfg, device="cuda", resume="never", progress=False)
-    again = run_training(cfg, device="cuda", resume="never", progress=False)
-    assert gpu.parameter_sha256 == again.parameter_sha256
-    assert gpu.loss_log.read_bytes() == again.loss_log.read_bytes()
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+            ],
+        ),
+    ],
+)
+def test_stopped_mid_run_and_resumed_equals_uninterrupted(cfg: Config, device: str) -> None:
+    """Stop a run mid-way, lose the checkpoint it wrote on the way out (as a kill before that
+    commit would), resume from the periodic checkpoint before it: the parameters and every
+    step's loss equal an uninterrupted run's, bit for bit. The CPU case runs everywhere and is
+    the same code as the CUDA one, so this test is known to fail when resume is broken."""
+    cfg = with_train(cfg, dropout=0.1)  # dropout draws random numbers: their state must resume
+    reference = run_training(cfg, device=device, resume="never", progress=False)
+    expected_log = reference.loss_log.read_bytes()
+    assert reference.resumed_from is None and reference.steps == 40
+
+    def stop_at_15(report: TrainProgress) -> None:
+        if report.step == 15:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop checkpoints and stops soon after
+
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM at step (\d+)") as info:
+        run_training(cfg, device=device, resume="never", progress=False, on_progress=stop_at_15)
+    stopped = int(str(info.value).split("at step ")[1].split()[0])
+    assert 15 <= stopped < 20, stopped
+    run_dir = reference.run_dir
+    shutil.rmtree(run_dir / "checkpoints" / f"step-{stopped:09d}")
+    assert logged_step(run_dir) == stopped  # lines 11..stopped are cut back on resume
+
+    resumed = run_training(cfg, device=device, progress=False)
+    assert resumed.run_id == reference.run_id and resumed.device == device
+    assert resumed.resumed_from == 10 and resumed.steps == 40
+    assert resumed.parameter_sha256 == reference.parameter_sha256
+    assert resumed.loss_log.read_bytes() == expected_log
+    assert resumed.metrics == reference.metrics
 
 
 def test_a_batch_larger_than_the_training_set(cfg: Config) -> None:
