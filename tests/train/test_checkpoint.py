@@ -181,6 +181,7 @@ def test_every_file_and_folder_is_fsynced_before_the_commit_point(
     store.wait()
     root = store.root.resolve()
     commit = assert_committed_durably(log, root, 10)
+    assert log.index("fsync", root.parent) < commit, "the new checkpoints folder is not durable"
     hook = log.index("before_commit", Path())
     tmp_synced = max(i for i, (k, p, _) in enumerate(log.events) if k == "fsync" and p != root)
     assert tmp_synced < hook < commit

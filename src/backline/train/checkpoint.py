@@ -97,7 +97,9 @@ class CheckpointStore:
 
     def prepare(self) -> list[str]:
         """Create the folder and delete leftovers of writes that never committed."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.root.parent)  # else a power cut may lose the folder, and all in it
         removed = []
         for entry in self.root.iterdir():
             if entry.name.startswith((".tmp-", ".trash-")):
