@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,10 @@ from backline.data.ingest import ingest
 from backline.features.repository import apply, load_definitions
 from backline.pipeline.train import gate, train_and_register
 from backline.registry import open_registry
+from backline.registry.gate import fetch_package
+from backline.registry.serving import label_array, load_package
+from backline.train.data import build_training_set
+from backline.train.metrics import average_precision
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +34,12 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Config:
     ingest(cfg, "transactions", paths["transactions"])
     ingest(cfg, "labels", paths["labels"])
     apply(cfg, load_definitions(cfg))
+    # the latency budget is out of reach: no verdict here may depend on the machine's load
+    # (tests/registry/test_latency.py checks the budget with known figures)
     return dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, max_steps=40, checkpoint_every=20, batch_size=256)
+        cfg,
+        train=dataclasses.replace(cfg.train, max_steps=40, checkpoint_every=20, batch_size=256),
+        gate=dataclasses.replace(cfg.gate, max_latency_ms=1e6),
     )
 
 
@@ -65,6 +74,13 @@ def test_train_registers_a_version_with_lineage_and_a_gate(trained_project: Conf
         registry.promote("fraud", 1, actor="test")
     record = gate(cfg, "fraud", 1)
     assert record.passed and record.champion_version is None
+    checks = {c.name: c for c in record.checks}
+    assert set(checks) == {"auc_pr_floor", "recall_at_fpr_floor", "latency_p99_ms", "artifact_mb"}
+    # the figure judged is the one recorded when packaged (structure, not speed)
+    latency = checks["latency_p99_ms"]
+    assert latency.value == released.package.latency_p99_ms > 0 and latency.threshold == 1e6
+    assert "measured when packaged" in latency.detail
+    assert checks["artifact_mb"].value == released.package.total_bytes / 1e6
     with open_registry(cfg) as registry:
         registry.promote("fraud", 1, actor="test", reason="first model")
         assert registry.get("fraud", "champion").version == 1
@@ -85,6 +101,64 @@ def test_a_second_version_is_gated_against_the_champion(
     code = main(["--project", str(cfg.root), "models", "gate", "fraud", "2", "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == (0 if payload["passed"] else 1)
+
+
+def _scores_and_labels(cfg: Config, version: int, folder: Path) -> dict[str, tuple[Any, Any]]:
+    """(labels, scores) of a registered version on each split of the current training set."""
+    ts = build_training_set(cfg, service=cfg.train.service)
+    with open_registry(cfg) as registry:
+        scorer = load_package(fetch_package(registry, "fraud", version, folder))
+    return {
+        split: (label_array(table, ts.label, split), scorer.score(table))
+        for split, table in (("train", ts.train), ("holdout", ts.holdout))
+    }
+
+
+@pytest.mark.slow
+def test_cli_gate_judges_the_holdout_as_the_library_does(
+    trained_project: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`models gate` evaluates on the holdout: its AUC-PR is the holdout's, not the training
+    split's, and a floor between the two decides the verdict as the holdout says."""
+    cfg = trained_project
+    with open_registry(cfg) as registry:
+        if not registry.list_models():  # run on its own: register a first version
+            train_and_register(cfg, progress=False)
+    splits = _scores_and_labels(load_config(cfg.root, env={}), 1, tmp_path / "v1")
+    auc = {split: average_precision(y, s) for split, (y, s) in splits.items()}
+    # the precondition of this test: the two splits tell a different story
+    assert abs(auc["train"] - auc["holdout"]) > 0.005, auc
+    between = (auc["train"] + auc["holdout"]) / 2
+    on_holdout = auc["holdout"] >= between  # the opposite of what the training split says
+
+    def cli_gate(min_auc_pr: float) -> tuple[int, dict[str, Any]]:
+        monkeypatch.setenv("BACKLINE_GATE_MIN_AUC_PR", repr(min_auc_pr))
+        monkeypatch.setenv("BACKLINE_GATE_MAX_LATENCY_MS", "1e6")  # no wall-clock verdicts
+        code = main(["--project", str(cfg.root), "models", "gate", "fraud", "1", "--json"])
+        payload = json.loads(capsys.readouterr().out)
+        return code, {c["name"]: c for c in payload["checks"]} | {"passed": payload["passed"]}
+
+    for floor, passed, with_library in [
+        (auc["holdout"], True, True),  # exactly at the holdout's AUC-PR
+        (between, on_holdout, True),
+        (max(auc.values()) + 0.01, False, False),  # a fail, whichever split is ahead
+    ]:
+        code, got = cli_gate(floor)
+        assert got["auc_pr_floor"]["value"] == pytest.approx(auc["holdout"], abs=1e-12)
+        assert (got["auc_pr_floor"]["passed"], got["passed"], code) == (passed, passed, 1 - passed)
+        if not with_library:
+            continue
+        # the library, on the same version, the same holdout and the same config, agrees
+        env = {"BACKLINE_GATE_MIN_AUC_PR": repr(floor), "BACKLINE_GATE_MAX_LATENCY_MS": "1e6"}
+        record = gate(load_config(cfg.root, env=env), "fraud", 1)
+        assert record.passed is passed
+        for check in record.checks:
+            mine = got[check.name]
+            assert (mine["threshold"], mine["passed"]) == (check.threshold, check.passed)
+            assert mine["value"] == pytest.approx(check.value, abs=1e-12)
 
 
 def test_cli_train_json(
