@@ -627,7 +627,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "fraud by channel (labels joined to transactions)",
             "SELECT t.channel, count(*) AS transactions, sum(l.is_fraud::INT) AS fraud, "
             "round(100 * avg(l.is_fraud::INT), 2) AS fraud_pct "
-            "FROM transactions t JOIN labels l USING (transaction_id) GROUP BY 1 ORDER BY 4 DESC",
+            "FROM transactions t JOIN (SELECT * FROM labels QUALIFY row_number() OVER "
+            "(PARTITION BY transaction_id ORDER BY label_time DESC, ingested_at DESC) = 1) l "
+            "USING (transaction_id) GROUP BY 1 ORDER BY 4 DESC",
         ),
         (
             "what was known when: labels by week of arrival",
