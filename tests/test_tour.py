@@ -84,7 +84,7 @@ def test_tour_commands_are_found() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # a whole newcomer's hour in minutes, on a loaded 2-core machine
+@pytest.mark.timeout(1200)  # it trains a model: minutes on a loaded 2-core machine
 def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     commands = tour_commands((ROOT / "README.md").read_text(encoding="utf-8"))
     ran = run_script(commands, tmp_path, timeout=1100)
