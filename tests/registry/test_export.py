@@ -7,7 +7,9 @@ import math
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +21,7 @@ from backline.registry import export
 from backline.registry.export import (
     FP32_TOLERANCE,
     INT8_MAX_AUC_PR_DROP,
+    INT8_TOLERANCE,
     ONNX_TOLERANCE,
     Latency,
     ServingPackage,
@@ -166,7 +169,7 @@ def test_onnx_scores_like_training(
 
 def test_int8_measured_and_kept_only_by_the_rule(packaged: ServingPackage) -> None:
     int8, fp32 = packaged.variant("int8"), packaged.variant("fp32")
-    assert math.isfinite(int8.parity_max_abs) and int8.parity_tolerance == int8.parity_max_abs
+    assert math.isfinite(int8.parity_max_abs) and int8.parity_tolerance == INT8_TOLERANCE
     # dynamic quantization scales activations by the batch's range: scores depend on the batch
     assert int8.batch_spread > fp32.batch_spread
     assert fp32.batch_spread <= FP32_TOLERANCE
@@ -175,42 +178,105 @@ def test_int8_measured_and_kept_only_by_the_rule(packaged: ServingPackage) -> No
         for q, f in zip(int8.latency, fp32.latency, strict=True)
     )
     accurate = fp32.auc_pr - int8.auc_pr <= INT8_MAX_AUC_PR_DROP
-    assert int8.kept == (faster and accurate)
+    assert int8.kept == (faster and accurate and int8.parity_max_abs <= INT8_TOLERANCE)
     assert (packaged.root / export.INT8_FILE).exists() == int8.kept
     if not int8.kept:
         with pytest.raises(InputError, match="has no int8 model"):
             load_package(packaged.root, "int8")
 
 
-def test_kept_int8_scores_within_its_recorded_tolerance(
-    trained: tuple[Preprocessor, FraudMLP, pa.Table],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def force_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether int8 is faster depends on the machine: count it faster, so that the accuracy and
+    parity parts of the int8 rule decide (they stay live)."""
+    monkeypatch.setattr(export, "_int8_faster", lambda latency: (True, "faster: test"))
+
+
+def package_int8(
+    trained: tuple[Preprocessor, FraudMLP, pa.Table], out: Path
+) -> tuple[ServingPackage, np.ndarray, tuple[torch.Tensor, list[list[str | None]]]]:
+    """A package of the trained model, the training-time scores of its parity rows, and the
+    rows as program inputs."""
     pre, model, holdout = trained
-    # whether int8 is faster depends on the machine; force the keep to test the kept path
-    monkeypatch.setattr(export, "_int8_decision", lambda auc, latency: (True, "kept: test"))
     pkg = package(
         model,
         pre,
         holdout,
-        tmp_path / "p",
+        out,
         target_fpr=0.05,
         label_column="is_fraud",
         onnx=False,
         latency_runs=10,
     )
-    assert pkg.served == "int8" and pkg.variant("int8").kept
-    scorer = load_package(pkg.root)
-    assert scorer.variant == "int8"
     features = holdout.select(list(pre.feature_names))
     rows = pa.concat_tables([features, export._edge_rows(features, pre)])
-    expected = reference_scores(model, pre, rows)
-    inputs = export.table_inputs(rows, pre)
+    return pkg, reference_scores(model, pre, rows), export.table_inputs(rows, pre)
+
+
+def test_kept_int8_scores_within_the_absolute_bound(
+    trained: tuple[Preprocessor, FraudMLP, pa.Table],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    force_faster(monkeypatch)
+    pkg, expected, inputs = package_int8(trained, tmp_path / "p")
+    int8 = pkg.variant("int8")
+    assert pkg.served == "int8" and int8.kept, pkg.int8_decision
+    assert int8.parity_tolerance == INT8_TOLERANCE and int8.parity_max_abs <= INT8_TOLERANCE
+    scorer = load_package(pkg.root)
+    assert scorer.variant == "int8"
     for batch in (1, 256):
         got = export._score_batched(scorer, inputs, batch)
-        assert np.abs(got - expected).max() <= pkg.variant("int8").parity_tolerance
+        assert np.abs(got - expected).max() <= INT8_TOLERANCE  # a constant, not a measurement
     assert pkg.latency_p99_ms == pkg.variant("int8").at(1).p99_ms
+
+
+def random_weights(core: torch.nn.Module) -> None:
+    """The quantizer's input loses its training: every layer back to fresh random weights."""
+    torch.manual_seed(123)
+    for layer in core.modules():
+        if isinstance(layer, torch.nn.Linear | torch.nn.Embedding):
+            layer.reset_parameters()
+
+
+def shifted_logit(core: torch.nn.Module) -> None:
+    """The last layer's bias moved by +2: every probability is off, but the order of the scores,
+    and so AUC-PR, is kept. Only the parity bound can tell."""
+    last = [layer for layer in core.modules() if isinstance(layer, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias += 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breakage", [random_weights, shifted_logit])
+def test_a_broken_int8_program_is_dropped(
+    trained: tuple[Preprocessor, FraudMLP, pa.Table],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    breakage: Callable[[torch.nn.Module], None],
+) -> None:
+    real = torch.ao.quantization.quantize_dynamic
+
+    def broken_quantizer(core: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        breakage(core)
+        return real(core, *args, **kwargs)
+
+    monkeypatch.setattr(torch.ao.quantization, "quantize_dynamic", broken_quantizer)
+    force_faster(monkeypatch)
+    pkg, expected, inputs = package_int8(trained, tmp_path / "p")
+    int8, fp32 = pkg.variant("int8"), pkg.variant("fp32")
+    assert int8.parity_max_abs > INT8_TOLERANCE and int8.parity_tolerance == INT8_TOLERANCE
+    assert not int8.kept and pkg.served == "fp32"
+    assert "too far from the training-time scores" in pkg.int8_decision
+    if breakage is shifted_logit:  # the AUC-PR rule alone would have kept it
+        assert fp32.auc_pr - int8.auc_pr <= INT8_MAX_AUC_PR_DROP
+        assert "too inaccurate" not in pkg.int8_decision
+    assert not (pkg.root / export.INT8_FILE).exists()
+    with pytest.raises(InputError, match="has no int8 model"):
+        load_package(pkg.root, "int8")
+    served = load_package(pkg.root)  # what a server loads is the fp32 program, within its bound
+    assert served.variant == "fp32"
+    got = export._score_batched(served, inputs, 256)
+    assert np.abs(got - expected).max() <= FP32_TOLERANCE
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -318,18 +384,28 @@ def test_int8_rule() -> None:
             "int8": (Latency(1, b1, 2.0, 10), Latency(256, b256, 5.0, 10)),
         }
 
-    keep, why = export._int8_decision({"fp32": 0.80, "int8": 0.797}, lat(0.9, 3.0))
+    def decide(auc: tuple[float, float], b1: float, b256: float, parity: float = 0.05) -> Any:
+        return export._int8_decision({"fp32": auc[0], "int8": auc[1]}, lat(b1, b256), parity)
+
+    keep, why = decide((0.80, 0.797), 0.9, 3.0)
     assert keep and why.startswith("kept")
-    keep, why = export._int8_decision({"fp32": 0.80, "int8": 0.79}, lat(0.9, 3.0))
+    # both limits included (0.01 - 0.005 is exactly the float 0.005)
+    keep, why = decide((0.01, 0.005), 0.9, 3.0, parity=INT8_TOLERANCE)
+    assert keep, why
+    keep, why = decide((0.80, 0.79), 0.9, 3.0)
     assert not keep and "too inaccurate" in why and "0.01000" in why
-    keep, why = export._int8_decision({"fp32": 0.80, "int8": 0.80}, lat(1.1, 3.0))
+    keep, why = decide((0.80, 0.80), 1.1, 3.0)
     assert not keep and "not faster" in why
-    keep, why = export._int8_decision({"fp32": 0.80, "int8": 0.80}, lat(0.95, 3.0))
+    keep, why = decide((0.80, 0.80), 0.95, 3.0)
     assert not keep and "not faster" in why  # 5% is noise, not a speed-up
-    keep, why = export._int8_decision({"fp32": 0.80, "int8": 0.80}, lat(0.5, 4.5))
+    keep, why = decide((0.80, 0.80), 0.5, 4.5)
     assert not keep and "not faster" in why
-    keep, why = export._int8_decision({"fp32": math.nan, "int8": math.nan}, lat(0.5, 3.0))
+    keep, why = decide((math.nan, math.nan), 0.5, 3.0)
     assert not keep and "no positive label" in why
+    # faster and as accurate, but its probabilities are off: dropped on the absolute bound
+    for parity in (float(np.nextafter(INT8_TOLERANCE, 1.0)), 0.53, math.nan):
+        keep, why = decide((0.80, 0.80), 0.5, 3.0, parity=parity)
+        assert not keep and why.startswith("dropped: too far from the training-time scores: ")
 
 
 # --- loading and errors ------------------------------------------------------------------------

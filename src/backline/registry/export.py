@@ -13,7 +13,8 @@ The folder:
                       N strings (or None) per categorical feature -> probabilities float32 [N]
     model_int8.pt     the same with int8 dynamically quantized Linear layers; present only when
                       it was INT8_MIN_SPEEDUP faster here at batch 1 and 256 AND lost at
-                      most INT8_MAX_AUC_PR_DROP AUC-PR
+                      most INT8_MAX_AUC_PR_DROP AUC-PR AND its parity error is within
+                      INT8_TOLERANCE
     model.onnx        score_codes(numeric, codes) of model.pt for ONNX Runtime (vocabulary
                       lookup outside: codes int64 [N, Dc] as in preprocess.json)
     preprocess.json   the fitted preprocessing spec (see backline.train.preprocess)
@@ -55,6 +56,7 @@ from backline.registry.serving import (  # noqa: F401 - re-exported: the package
     INT8_FILE,
     INT8_MAX_AUC_PR_DROP,
     INT8_MIN_SPEEDUP,
+    INT8_TOLERANCE,
     LATENCY_BATCHES,
     LATENCY_CALLS,
     LATENCY_ROUNDS,
@@ -255,7 +257,7 @@ def package(
             for n in scorers
         }
         spread = {n: _max_abs(alone[n], batched[n][alone_rows]) for n in scorers}
-        keep_int8, decision = _int8_decision(variant_auc, latencies)
+        keep_int8, decision = _int8_decision(variant_auc, latencies, parity["int8"])
         if not keep_int8:
             (work / INT8_FILE).unlink()
 
@@ -263,7 +265,9 @@ def package(
         for name, file in (("fp32", MODEL_FILE), ("int8", INT8_FILE), ("onnx", ONNX_FILE)):
             if name not in scorers:
                 continue
-            tolerance = {"fp32": FP32_TOLERANCE, "onnx": ONNX_TOLERANCE}.get(name, parity[name])
+            tolerance = {"fp32": FP32_TOLERANCE, "int8": INT8_TOLERANCE, "onnx": ONNX_TOLERANCE}[
+                name
+            ]
             variants.append(
                 VariantReport(
                     name=name,
@@ -485,31 +489,44 @@ def _measure_latency(
     return {name: tuple(items) for name, items in out.items()}
 
 
-def _int8_decision(
-    auc: Mapping[str, float], latency: Mapping[str, tuple[Latency, ...]]
-) -> tuple[bool, str]:
-    """(keep, why): keep only if int8's p50 is INT8_MIN_SPEEDUP below fp32's at every batch
-    size and its AUC-PR is at most INT8_MAX_AUC_PR_DROP below fp32's."""
+def _int8_faster(latency: Mapping[str, tuple[Latency, ...]]) -> tuple[bool, str]:
+    """(int8's p50 is INT8_MIN_SPEEDUP below fp32's at every batch size, the figures)."""
     pairs = list(zip(latency["int8"], latency["fp32"], strict=True))
     faster = all(q.p50_ms <= (1 - INT8_MIN_SPEEDUP) * f.p50_ms for q, f in pairs)
     speed = ", ".join(
         f"batch {f.batch} p50 {q.p50_ms:.3f} ms vs fp32 {f.p50_ms:.3f} ms" for q, f in pairs
     )
+    return faster, f"{speed} (needs {INT8_MIN_SPEEDUP:.0%} faster at each)"
+
+
+def _int8_decision(
+    auc: Mapping[str, float], latency: Mapping[str, tuple[Latency, ...]], parity: float
+) -> tuple[bool, str]:
+    """(keep, why): keep only if int8 is faster (_int8_faster), its AUC-PR is at most
+    INT8_MAX_AUC_PR_DROP below fp32's, and its parity error (`parity`, max |int8 probability -
+    training-time probability| on the parity rows) is within INT8_TOLERANCE."""
+    faster, speed = _int8_faster(latency)
+    close = parity <= INT8_TOLERANCE  # False for NaN
+    agreement = f"parity error {parity:.4g} (limit {INT8_TOLERANCE})"
     if math.isnan(auc["fp32"]) or math.isnan(auc["int8"]):
         return (
             False,
-            f"dropped: the holdout has no positive label, so the AUC-PR drop is unknown ({speed})",
+            "dropped: the holdout has no positive label, so the AUC-PR drop is unknown "
+            f"({agreement}; {speed})",
         )
     drop = auc["fp32"] - auc["int8"]
     accurate = drop <= INT8_MAX_AUC_PR_DROP
-    numbers = (
-        f"AUC-PR drop {drop:.5f} (limit {INT8_MAX_AUC_PR_DROP}); {speed} (needs "
-        f"{INT8_MIN_SPEEDUP:.0%} faster at each)"
-    )
-    if faster and accurate:
+    numbers = f"AUC-PR drop {drop:.5f} (limit {INT8_MAX_AUC_PR_DROP}); {agreement}; {speed}"
+    if faster and accurate and close:
         return True, f"kept: faster at every batch size and accurate enough: {numbers}"
     reasons = [
-        r for r, bad in (("not faster", not faster), ("too inaccurate", not accurate)) if bad
+        r
+        for r, bad in (
+            ("not faster", not faster),
+            ("too inaccurate", not accurate),
+            ("too far from the training-time scores", not close),
+        )
+        if bad
     ]
     return False, f"dropped: {' and '.join(reasons)}: {numbers}"
 

@@ -47,6 +47,10 @@ INT8_MIN_SPEEDUP = 0.10
 #: Largest |probability - training-time probability| each variant may show on the parity rows.
 FP32_TOLERANCE = 1e-6
 ONNX_TOLERANCE = 1e-5
+#: int8 is approximate and batch-dependent (0.05-0.065 measured on fraud-shaped models, most of
+#: it from the batch's activation range), so its bound is loose, but absolute: an int8 program
+#: over it is dropped, never kept with its own error as its tolerance.
+INT8_TOLERANCE = 0.1
 #: Batch sizes whose latency is measured: one request, and a full server batch.
 LATENCY_BATCHES = (1, 256)
 #: Holdout rows each variant also scores one at a time (with the edge rows), for parity.
@@ -120,7 +124,8 @@ class VariantReport:
     """Largest |probability - training-time probability| over the parity rows, scored in
     batches of 256 and (up to ALONE_ROWS holdout rows and every edge row) one at a time."""
     parity_tolerance: float
-    """The bound parity_max_abs must stay within (for int8: the measured value, as recorded)."""
+    """The bound parity_max_abs must stay within: FP32_TOLERANCE, ONNX_TOLERANCE or
+    INT8_TOLERANCE (packages written before that bound existed recorded int8's own error)."""
     batch_spread: float
     """Largest |score of a row alone - its score in a batch of 256| over the rows scored alone:
     float rounding for fp32 and ONNX; int8's dynamic quantization makes scores batch-dependent."""
