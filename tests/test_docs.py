@@ -31,3 +31,46 @@ def test_every_performance_figure_names_its_command() -> None:
 
 def test_ci_runs_make_test() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) for every `backline ...` line in a code block of the README, docs/ and
+    the examples' READMEs; continuation lines joined, `[optional]` parts of a synopsis dropped."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    files += sorted((ROOT / "examples").glob("*/README.md"))
+    found = []
+    for path in files:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.strip()
+                if line.startswith("backline "):
+                    found.append((path.name, re.sub(r"\[[^\]]*\]", "", line)))
+    return found
+
+
+def test_every_documented_command_parses() -> None:
+    """A renamed flag or subcommand breaks a command the docs print: catch it here."""
+    import shlex
+
+    from backline.cli import build_parser
+
+    commands = documented_commands()
+    assert len(commands) > 30
+    parser = build_parser()
+    for where, command in commands:
+        for part in command.split("&&"):
+            argv = shlex.split(part, comments=True)
+            if not argv or argv[0] != "backline":
+                continue  # cd fraud
+            try:
+                parser.parse_args(argv[1:])
+            except SystemExit as exc:
+                raise AssertionError(f"{where}: `{part.strip()}` does not parse") from exc
+
+
+def test_documented_online_reads_say_when() -> None:
+    """The example's data is from January 2026: a read without --at shows only expired values."""
+    reads = [(w, c) for w, c in documented_commands() if c.startswith("backline features get")]
+    assert reads
+    for where, command in reads:
+        assert "--at " in command, f"{where}: `{command}` reads as of now"
