@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backline.core.config import Config, load_config
+from backline.core.errors import SchemaError
 from backline.core.workspace import init_project
 from backline.data.ingest import ingest
 from backline.features import online
@@ -54,6 +55,10 @@ required = true
 type = "timestamp"
 required = true
 
+[sources.ev.columns.opened]
+type = "timestamp"
+required = true
+
 [sources.ev.columns.t]
 type = "timestamp"
 required = true
@@ -80,8 +85,11 @@ SHAPES = {
     "int": (["user"], ["id"]),
     "timestamp": (["user", "shop"], ["stamp"]),
     "composite": (["user", "shop"], ["shop", "id"]),
+    "timestamp key": (["opened"], ["id"]),
+    "timestamp and string key": (["opened", "shop"], ["id"]),
 }
 _batch = itertools.count()
+OPENED = {u: T0 - timedelta(days=u, microseconds=u) for u in (1, 2, 9, 10)}
 
 
 def make(root: Path, shape: str) -> tuple[Config, Definitions]:
@@ -105,10 +113,13 @@ def load(cfg: Config, rows: list[dict[str, Any]], now: datetime) -> None:
             ("shop", pa.string()),
             ("id", pa.int64()),
             ("stamp", pa.timestamp("us", tz="UTC")),
+            ("opened", pa.timestamp("us", tz="UTC")),
             ("t", pa.timestamp("us", tz="UTC")),
             ("v", pa.float64()),
         ]
     )
+    for r in rows:  # a timestamp join key: when the user's account was opened
+        r.setdefault("opened", OPENED[r["user"]])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     result = ingest(cfg, "ev", path, now=now)
     assert result.rows_quarantined == 0, result.quarantine_reasons
@@ -171,7 +182,7 @@ def test_tied_rows_go_to_the_larger_key_in_its_own_type(tmp_path: Path, shape: s
     load(cfg, rows, INGESTED)
     for incremental in (False, True):
         materialize(cfg, defs, incremental=incremental)
-        entity = {"user": 10, "shop": "b"}
+        entity = {"user": 10, "shop": "b", "opened": OPENED[10]}
         want = {k: entity[k] for k in SHAPES[shape][0]}
         got = get_online_features(cfg, defs, "svc", [want], at=T0).to_dicts()[0]
         assert got["last_v"] == 10.0, (shape, got)
@@ -187,26 +198,45 @@ def test_tied_rows_go_to_the_larger_key_in_its_own_type(tmp_path: Path, shape: s
             st.sampled_from([1, 9, 10]),  # user
             st.sampled_from(["a", "b"]),  # shop
             st.sampled_from([0, 0, 5, 10, 60]),  # minute: many ties
-            st.integers(0, 1),  # batch
+            st.integers(0, 2),  # batch
         ),
         min_size=1,
         max_size=12,
     ),
     ids=st.permutations(list(range(1, 25))),
-    same_ingest=st.booleans(),
+    ingest_after=st.tuples(
+        st.sampled_from([timedelta(hours=1), timedelta(microseconds=1)]),
+        st.lists(st.integers(0, 2), min_size=3, max_size=3),
+    ).map(lambda d: [d[0] * k for k in d[1]]),
     incremental=st.booleans(),
+)
+@example(  # a later batch holds the smaller id at the same time: the row ingested last wins
+    shape="timestamp key",
+    drawn=[(9, "a", 0, 0), (9, "a", 0, 1)],
+    ids=[9, 3, *range(10, 32)],
+    ingest_after=[timedelta(0), timedelta(hours=1), timedelta(0)],
+    incremental=False,
+)
+@example(  # the same, merged into the stored row by an incremental run
+    shape="timestamp and string key",
+    drawn=[(9, "a", 0, 0), (9, "a", 0, 1)],
+    ids=[9, 3, *range(10, 32)],
+    ingest_after=[timedelta(0), timedelta(microseconds=1), timedelta(0)],
+    incremental=True,
 )
 def test_online_equals_offline_with_typed_keys(
     shape: str,
     drawn: list[tuple[int, str, int, int]],
     ids: list[int],
-    same_ingest: bool,
+    ingest_after: list[timedelta],
     incremental: bool,
 ) -> None:
+    """Ties on event time within and across batches (ids are a permutation, so a later batch
+    often holds the smaller key), batches ingested out of order or within one second."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg, defs = make(Path(tmp) / "p", shape)
         rows: list[dict[str, Any]] = []
-        for b in (0, 1):
+        for b in (0, 1, 2):
             batch = [
                 {
                     "user": user,
@@ -221,7 +251,7 @@ def test_online_equals_offline_with_typed_keys(
             ]
             if not batch:
                 continue
-            load(cfg, batch, INGESTED if same_ingest else INGESTED + timedelta(hours=b))
+            load(cfg, batch, INGESTED + ingest_after[b])
             rows += batch
             if incremental:
                 materialize(cfg, defs, incremental=True)
@@ -249,4 +279,28 @@ def test_spark_breaks_ties_like_duckdb_and_the_online_store(tmp_path: Path, shap
     load(cfg, rows, INGESTED)
     materialize(cfg, defs)
     check(cfg, defs, rows, shape, engine="spark")
+    online.clear_caches()
+
+
+def test_a_timestamp_key_reads_alike_from_a_datetime_or_iso_text(tmp_path: Path) -> None:
+    """A timestamp join key is one instant however it is spelt (the command line passes text);
+    a value without a zone is a one-line error naming it and the fix."""
+    cfg, defs = make(tmp_path / "p", "timestamp and string key")
+    rows = [{"user": 9, "shop": "a", "id": 1, "stamp": T0, "t": T0, "v": 4.0}]
+    load(cfg, rows, INGESTED)
+    materialize(cfg, defs)
+    opened = OPENED[9]
+    spellings = [
+        opened,
+        opened.astimezone(timezone(timedelta(hours=-5))),
+        opened.isoformat(),
+        opened.isoformat().replace("+00:00", "Z"),
+    ]
+    for spelt in spellings:
+        got = get_online_features(cfg, defs, "svc", [{"opened": spelt, "shop": "a"}], at=T0)
+        assert got.to_dicts()[0]["last_v"] == 4.0, spelt
+        assert got.to_dicts()[0]["n_10m"] == 1, spelt
+    for bad in (opened.replace(tzinfo=None), "2026-01-01T11:59:59", "yesterday", 1.5):
+        with pytest.raises(SchemaError, match=r"timestamp join-key value .* tz-aware datetime"):
+            get_online_features(cfg, defs, "svc", [{"opened": bad, "shop": "a"}], at=T0)
     online.clear_caches()

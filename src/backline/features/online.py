@@ -162,6 +162,7 @@ class _ViewRead:
         self.name = layout.name
         self.version = version
         self.join_keys = layout.join_keys
+        self.key_types = layout.key_types
         self.layout = layout
         self.features = tuple(features)
         if layout.is_aggregate:
@@ -404,7 +405,7 @@ def get_online_features(
     row_keys: list[list[str | None]] = []
     for v in plan.views:
         positions = [column_of[k] for k in v.join_keys]
-        keys = [entity_key([keys[p] for p in positions]) for keys in entities]
+        keys = [entity_key([keys[p] for p in positions], v.key_types) for keys in entities]
         row_keys.append(keys)
         groups.append((v.name, v.version, list(dict.fromkeys(k for k in keys if k is not None))))
     found = store.read(groups)

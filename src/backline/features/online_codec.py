@@ -47,7 +47,7 @@ I64 = npt.NDArray[np.int64]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KEY_SEPARATOR = "\x1f"
-KEY_TYPES = ("string", "int64", "bool")
+KEY_TYPES = ("string", "int64", "bool", "timestamp")
 
 _PLAIN_HEAD = struct.Struct("<2sqq")
 _AGG_HEAD = struct.Struct("<2sBBIq")
@@ -98,6 +98,8 @@ class ViewLayout:
     source: str
     event_time: str
     join_keys: tuple[str, ...]
+    key_types: tuple[str, ...]
+    """The join keys' source types (see `entity_key`)."""
     primary_key: tuple[str, ...]
     pk_types: tuple[str, ...]
     fields: tuple[tuple[str, str, str], ...]
@@ -158,6 +160,7 @@ def layout_of(view: FeatureView, source: SourceSpec) -> ViewLayout:
         source=view.source,
         event_time=source.event_time,
         join_keys=tuple(view.join_keys),
+        key_types=tuple(types[k] for k in view.join_keys),
         primary_key=tuple(source.primary_key),
         # in their own types, like the offline engines: a tie on (event, ingest) time goes to
         # the larger primary key, and int64 10 is larger than 9 (as text it is not)
@@ -170,13 +173,21 @@ def layout_of(view: FeatureView, source: SourceSpec) -> ViewLayout:
     )
 
 
-def entity_key(values: Sequence[Any]) -> str | None:
-    """The text key of an entity from its join-key values; None when one is null."""
+def entity_key(values: Sequence[Any], types: Sequence[str] | None = None) -> str | None:
+    """The text key of an entity from its join-key values; None when one is null.
+
+    Values are written as text: an int as its digits, a bool as true/false, a string as it is.
+    A timestamp key (`types[i] == "timestamp"`) is its microseconds since the epoch, from a
+    tz-aware datetime, ISO-8601 text with a zone (as the command line passes it) or an int of
+    microseconds (as the online state passes it), so every spelling of one instant is one key.
+    """
     parts = []
-    for value in values:
+    for i, value in enumerate(values):
         if value is None:
             return None
-        if isinstance(value, bool | np.bool_):
+        if types is not None and types[i] == "timestamp":
+            parts.append(str(_key_us(value)))
+        elif isinstance(value, bool | np.bool_):
             parts.append("true" if value else "false")
         elif isinstance(value, int | np.integer):
             parts.append(str(int(value)))
@@ -185,9 +196,27 @@ def entity_key(values: Sequence[Any]) -> str | None:
         else:
             raise SchemaError(
                 f"entity key value {value!r} is a {type(value).__name__}; pass join keys as "
-                "str, int or bool."
+                "str, int or bool (a timestamp key as a tz-aware datetime)."
             )
     return KEY_SEPARATOR.join(parts)
+
+
+def _key_us(value: Any) -> int:
+    """Microseconds since the epoch of a timestamp join-key value (see `entity_key`)."""
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    elif isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(moment, datetime) and moment.utcoffset() is not None:
+        return to_us(moment)
+    raise SchemaError(
+        f"timestamp join-key value {value!r} has no time zone or is not a time; pass a "
+        "tz-aware datetime or ISO-8601 text with a zone, e.g. 2026-01-10T12:00:00Z."
+    )
 
 
 # -- rows (plain views) -------------------------------------------------------------------------

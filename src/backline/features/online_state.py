@@ -41,7 +41,7 @@ class _Entities:
 
     def __init__(self, rows: SourceRows, join_keys: tuple[str, ...]) -> None:
         table = rows.table
-        columns = [table.column(k).combine_chunks() for k in join_keys]
+        columns = [_key_column(table.column(k).combine_chunks()) for k in join_keys]
         valid = np.ones(rows.n, dtype=bool)
         codes = []
         for column in columns:
@@ -75,6 +75,14 @@ class _Entities:
         firsts = pa.array(order[self.starts]) if n else pa.array([], pa.int64())
         values = [c.take(firsts).to_pylist() for c in columns]
         self.keys = [_text_key(v) for v in zip(*values, strict=True)]
+
+
+def _key_column(column: pa.Array) -> pa.Array:
+    """A timestamp join key as int64 microseconds since the epoch (what `entity_key` writes
+    for one), whatever unit and zone the engine read it in; other keys as they are."""
+    if pa.types.is_timestamp(column.type):
+        return pc.cast(column, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return column
 
 
 def _text_key(values: tuple[Any, ...]) -> str:
