@@ -270,6 +270,7 @@ def _tied(i: int, card: str, minute: int, batch: int) -> dict:
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 @example(  # a later batch holds the smaller id at the same time: the row ingested last wins

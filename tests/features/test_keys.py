@@ -190,6 +190,7 @@ def test_tied_rows_go_to_the_larger_key_in_its_own_type(tmp_path: Path, shape: s
     online.clear_caches()
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shape=st.sampled_from(list(SHAPES)),

@@ -622,6 +622,7 @@ def _examples(test: Any) -> Any:
     return test
 
 
+@pytest.mark.slow
 @_examples
 @PROPERTY
 @given(
@@ -646,6 +647,7 @@ def test_online_equals_point_in_time_sqlite(
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 @_examples
 @PROPERTY
 @given(
