@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: demo test check lint format types bench clean
+.PHONY: demo test check lint format types bench mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ test: check
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/ingest.py
+
+# Mutation testing of the invariant modules (docs/testing.md): a benchmark, not part of `make
+# test`, so mutmut is installed here only, pinned. Options: make mutate MUTATE_ARGS="--help"
+MUTMUT ?= mutmut==3.8.1
+$(VENV)/.installed-mutate: $(VENV)/.installed-dev
+	$(PIP) install "$(MUTMUT)"
+	touch $@
+
+mutate: $(VENV)/.installed-mutate
+	$(BIN)/python benchmarks/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-project .pytest_cache .mypy_cache .ruff_cache
