@@ -17,12 +17,12 @@ from backline.core.workspace import init_project
 from backline.data.generator import GeneratorConfig, generate, write_generated
 from backline.data.ingest import ingest
 from backline.features.repository import apply, load_definitions
+from backline.package.metrics import average_precision
+from backline.package.reader import label_array, load_package
+from backline.pipeline.gate import fetch_package
 from backline.pipeline.train import gate, train_and_register
 from backline.registry import open_registry
-from backline.registry.gate import fetch_package
-from backline.registry.serving import label_array, load_package
 from backline.train.data import build_training_set
-from backline.train.metrics import average_precision
 
 
 @pytest.fixture(scope="module")

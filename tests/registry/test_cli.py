@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from backline.cli_models import add_commands, parse_spec
 from backline.core.config import Config
 from backline.core.errors import BacklineError, GateFailed, NotFoundError, UsageError
 from backline.registry import Registry
-from backline.registry.cli import add_commands, parse_spec
 from tests.registry.conftest import gate, lineage, make_files
 
 

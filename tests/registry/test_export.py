@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from backline.core.errors import InputError, SchemaError, WorkspaceError
-from backline.registry import export
-from backline.registry.export import (
+from backline.core.errors import InputError, IntegrityError, SchemaError, WorkspaceError
+from backline.package import export
+from backline.package.export import (
     FP32_TOLERANCE,
     INT8_MAX_AUC_PR_DROP,
     INT8_TOLERANCE,
@@ -29,8 +29,8 @@ from backline.registry.export import (
     package,
     read_package,
 )
+from backline.package.preprocess import Preprocessor
 from backline.train.model import FraudMLP
-from backline.train.preprocess import Preprocessor
 from backline.train.run import predict_proba
 
 NUMERIC = ("amount", "txn_count", "is_online", "ratio")
@@ -351,7 +351,7 @@ def test_package_files_and_manifest(packaged: ServingPackage) -> None:
     for variant in packaged.variants:
         assert [x.batch for x in variant.latency] == [1, 256]
         for x in variant.latency:
-            # rounds of timed calls; the judged p99 is the best round's (registry.latency)
+            # rounds of timed calls; the judged p99 is the best round's (package.latency)
             assert x.statistic == "best_round_p99" and x.rounds == export.LATENCY_ROUNDS
             assert len(x.round_p99_ms) == x.rounds and x.p99_ms == min(x.round_p99_ms)
             assert x.runs == x.rounds * x.calls_per_round and x.p50_ms > 0
@@ -415,15 +415,34 @@ def test_tampered_file_is_refused(packaged: ServingPackage, tmp_path: Path) -> N
     copy = tmp_path / "copy"
     shutil.copytree(packaged.root, copy)
     (copy / "preprocess.json").write_text((copy / "preprocess.json").read_text() + " ")
-    with pytest.raises(InputError, match="changed after packaging"):
+    with pytest.raises(IntegrityError, match="changed after packaging"):
         load_package(copy)
     (copy / "preprocess.json").unlink()
-    with pytest.raises(InputError, match=r"lacks preprocess\.json"):
+    with pytest.raises(IntegrityError, match=r"lacks preprocess\.json"):
         load_package(copy)
     with pytest.raises(InputError, match=r"no package\.json"):
         load_package(tmp_path)
     with pytest.raises(InputError, match="unknown serving variant"):
         load_package(packaged.root, "fp16")
+
+
+def test_unreadable_package_is_an_integrity_error(packaged: ServingPackage, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(packaged.root, copy)
+    for path in copy.iterdir():
+        path.chmod(0o644)
+    (copy / "model.pt").write_bytes(b"not a TorchScript archive")
+    with pytest.raises(IntegrityError, match=r"model\.pt cannot be loaded as a model"):
+        load_package(copy, "fp32", verify=False)
+    (copy / "preprocess.json").write_text("{")
+    with pytest.raises(IntegrityError, match=r"preprocess\.json: preprocessing JSON is not valid"):
+        load_package(copy, "fp32", verify=False)
+    (copy / "package.json").write_text("{")
+    with pytest.raises(IntegrityError, match="is not valid JSON"):
+        load_package(copy)
+    (copy / "package.json").write_text("[]")
+    with pytest.raises(IntegrityError, match="is not a valid serving manifest"):
+        load_package(copy)
 
 
 def test_scoring_errors_are_one_line(packaged: ServingPackage) -> None:

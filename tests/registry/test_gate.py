@@ -13,16 +13,16 @@ import pytest
 
 from backline.core.config import Config, GateSection
 from backline.core.errors import GateFailed, NotFoundError, SchemaError
-from backline.registry import GateCheck, GateRecord, open_registry
-from backline.registry.export import package
-from backline.registry.gate import (
+from backline.package.export import package
+from backline.package.metrics import average_precision, recall_at_fpr
+from backline.package.preprocess import Preprocessor
+from backline.pipeline.gate import (
     evaluate_gate,
     evaluation_digest,
     gate_version,
     paired_bootstrap,
 )
-from backline.train.metrics import average_precision, recall_at_fpr
-from backline.train.preprocess import Preprocessor
+from backline.registry import GateCheck, GateRecord, open_registry
 from tests.registry.conftest import lineage, make_files
 from tests.registry.test_export import CATEGORICAL, NUMERIC, make_table, train_model
 

@@ -20,11 +20,12 @@ import torch
 
 from backline.cli import main
 from backline.core.config import Config, GateSection
-from backline.registry import latency, open_registry
-from backline.registry.export import package
-from backline.registry.gate import gate_version
-from backline.registry.serving import LATENCY_ROUNDS, Latency, load_package, read_package
-from backline.train.preprocess import Preprocessor
+from backline.package import latency
+from backline.package.export import package
+from backline.package.preprocess import Preprocessor
+from backline.package.reader import LATENCY_ROUNDS, Latency, load_package, read_package
+from backline.pipeline.gate import gate_version
+from backline.registry import open_registry
 from tests.registry.conftest import lineage
 from tests.registry.test_export import CATEGORICAL, NUMERIC, make_table, train_model
 
@@ -316,7 +317,7 @@ def test_cli_gate_remeasure_flag(
         seen.append(remeasure)
         return real(*args, remeasure=remeasure, **kwargs)
 
-    import backline.registry.gate as gate_module
+    import backline.pipeline.gate as gate_module
     import backline.train.data as data_module
 
     real = gate_module.gate_version

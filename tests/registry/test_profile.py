@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from backline.core.errors import SchemaError
-from backline.registry import (
+from backline.monitor.profile import (
     CategoricalProfile,
     NumericProfile,
     ReferenceProfile,

@@ -13,13 +13,20 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from backline.core.config import Config, load_config
-from backline.core.errors import GateFailed, InputError, NotFoundError, StoreError, UsageError
+from backline.core.errors import (
+    GateFailed,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    StoreError,
+    UsageError,
+)
+from backline.monitor.profile import profile_from_arrow
 from backline.registry import (
     CHAMPION,
     Lineage,
     Registry,
     open_registry,
-    profile_from_arrow,
 )
 from backline.registry import schema as s
 from tests.registry.conftest import APPEND_ONLY, assert_append_only, gate, lineage, make_files
@@ -124,13 +131,13 @@ def test_corrupted_artifact_is_detected(registry: Registry, files: dict[str, Pat
     good = files["model.pt"].read_bytes()
     path.chmod(0o644)
     path.write_bytes(b"PK\x03\x04 weights v2")  # same size, different bytes
-    with pytest.raises(StoreError, match=r"artifact 'model\.pt' of fraud v1 is corrupted"):
+    with pytest.raises(IntegrityError, match=r"artifact 'model\.pt' of fraud v1 is corrupted"):
         registry.artifact_path("fraud", 1, "model.pt")
     # registering the same content again repairs the stored file
     registry.register("fraud", files, lineage(), actor="a")
     assert registry.artifact_path("fraud", 1, "model.pt").read_bytes() == good
     path.unlink()
-    with pytest.raises(StoreError, match="missing from the artifact store"):
+    with pytest.raises(IntegrityError, match="missing from the artifact store"):
         registry.artifact_path("fraud", "latest", "model.pt")
     registry.register("fraud", files, lineage(), actor="a")
     assert registry.artifact_path("fraud", 2, "model.pt").read_bytes() == good

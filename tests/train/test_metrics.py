@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import mannwhitneyu
 
-from backline.train.metrics import (
+from backline.package.metrics import (
     average_precision,
     evaluate,
     expected_calibration_error,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from backline.core.errors import SchemaError
-from backline.train.preprocess import Preprocessor
+from backline.package.preprocess import Preprocessor
 
 TRAIN = pa.table(
     {

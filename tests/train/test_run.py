@@ -14,9 +14,9 @@ import torch
 
 from backline.core.config import Config
 from backline.core.errors import ConfigError, StoreError, TrainingInterrupted, UsageError
+from backline.package.metrics import evaluate
+from backline.package.preprocess import Preprocessor
 from backline.train.loop import TrainProgress
-from backline.train.metrics import evaluate
-from backline.train.preprocess import Preprocessor
 from backline.train.run import TrainResult, load_model, predict_proba, run_training
 from backline.train.state import read_loss_log
 

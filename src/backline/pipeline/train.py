@@ -4,7 +4,7 @@
     record = gate(cfg, "fraud", released.version.version)
 
 The training run (resumable, `backline.train`) produces weights and the preprocessing spec;
-the serving package (`backline.registry.export`) turns them into a pickle-free folder with its
+the serving package (`backline.package.export`) turns them into a pickle-free folder with its
 parity and latency measured; the registry records it as an immutable version with its lineage
 and the reference profile monitoring will compare live traffic with.
 """
@@ -26,22 +26,22 @@ import pyarrow as pa
 from backline.core.config import Config
 from backline.core.errors import NotFoundError, StoreError
 from backline.core.uris import check_reachable
-from backline.registry import Registry, open_registry
-from backline.registry.export import package
-from backline.registry.lineage import Lineage, config_hash, git_commit, library_versions
-from backline.registry.profile import ReferenceProfile, profile_from_arrow
-from backline.registry.records import GateRecord, ModelVersion
-from backline.registry.schema import content_digest
-from backline.registry.serving import (
+from backline.monitor.profile import ReferenceProfile, profile_from_arrow
+from backline.package.export import package
+from backline.package.preprocess import Preprocessor
+from backline.package.reader import (
     PackageFile,
     ServingPackage,
     _sha256,
     load_package,
     read_package,
 )
+from backline.registry import Registry, open_registry
+from backline.registry.lineage import Lineage, config_hash, git_commit, library_versions
+from backline.registry.records import GateRecord, ModelVersion
+from backline.registry.schema import content_digest
 from backline.train.data import TrainingSet, build_training_set
 from backline.train.loop import TrainProgress
-from backline.train.preprocess import Preprocessor
 from backline.train.run import TrainResult, load_model, run_training
 
 SCORE = "__score"
@@ -153,7 +153,7 @@ def gate(
     `remeasure` as in `gate_version`: by default one request is timed again when the latency
     measured at packaging is over gate.max_latency_ms, and the fresh figure is judged.
     """
-    from backline.registry.gate import gate_version
+    from backline.pipeline.gate import gate_version
 
     ts = build_training_set(cfg, service=cfg.train.service)
     with open_registry(cfg) as registry:

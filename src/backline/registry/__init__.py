@@ -5,16 +5,12 @@
     mv = registry.register("fraud", {"model.pt": path}, lineage, actor="trainer")
     registry.promote("fraud", mv.version, actor="ci", reason="passed the gate")
 
-See docs/registry.md.
+The registry keeps versions, artifacts, aliases and the audit log, and nothing else: it reads
+no training code, and a model server does not import it (that is `backline.package`). The
+reference profile a version records is `backline.monitor.profile`. See docs/registry.md.
 """
 
 from backline.registry.lineage import Lineage, config_hash, git_commit, library_versions
-from backline.registry.profile import (
-    CategoricalProfile,
-    NumericProfile,
-    ReferenceProfile,
-    profile_from_arrow,
-)
 from backline.registry.records import (
     AliasEvent,
     AliasInfo,
@@ -38,7 +34,6 @@ __all__ = [
     "AliasInfo",
     "ArtifactChange",
     "ArtifactInfo",
-    "CategoricalProfile",
     "FieldChange",
     "GateCheck",
     "GateRecord",
@@ -47,8 +42,6 @@ __all__ = [
     "MetricDelta",
     "ModelSummary",
     "ModelVersion",
-    "NumericProfile",
-    "ReferenceProfile",
     "Registry",
     "VersionDiff",
     "VersionRef",
@@ -56,5 +49,4 @@ __all__ = [
     "git_commit",
     "library_versions",
     "open_registry",
-    "profile_from_arrow",
 ]

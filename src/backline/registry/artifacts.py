@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from backline.core.errors import InputError, StoreError, UsageError
+from backline.core.errors import InputError, IntegrityError, StoreError, UsageError
 
 CHUNK = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -122,7 +122,7 @@ class ArtifactStore:
         """The stored file, after checking its bytes still hash to `sha256`."""
         path = self.path_of(sha256)
         if not path.is_file():
-            raise StoreError(
+            raise IntegrityError(
                 f"{what} is missing from the artifact store: no file {path}. Check that "
                 f"the artifact root ({self.root}) is the one this registry wrote to, or restore "
                 "the file from a backup."
@@ -133,7 +133,7 @@ class ArtifactStore:
                 digest.update(chunk)
         found = digest.hexdigest()
         if found != sha256 or path.stat().st_size != size:
-            raise StoreError(
+            raise IntegrityError(
                 f"{what} is corrupted: {path} hashes to {found[:12]}..., expected "
                 f"{sha256[:12]}... Restore the file from a backup or register the model again."
             )

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from backline.core.errors import SchemaError
-from backline.registry.profile import ReferenceProfile, profile_from_obj
+from backline.monitor.profile import ReferenceProfile, profile_from_obj
 
 #: Libraries whose versions `library_versions()` records, besides Python itself.
 LIBRARIES = ("torch", "numpy", "pyarrow", "duckdb", "backline")

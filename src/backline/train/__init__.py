@@ -1,5 +1,7 @@
-"""Training: point-in-time training sets, preprocessing, the fraud MLP, metrics, and a
-checkpointed, resumable trainer that also runs as N workers under torchrun.
+"""Training: point-in-time training sets, the fraud MLP, and a checkpointed, resumable trainer
+that also runs as N workers under torchrun. The preprocessing math and the metrics live in
+`backline.package` (a server scores with the same code); `Preprocessor` and `HoldoutMetrics`
+are re-exported here because training fits and reports them.
 
     from backline.train import run_training
     result = run_training(cfg, max_steps=500)        # what `backline train` calls
@@ -15,11 +17,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from backline.package.metrics import HoldoutMetrics
+    from backline.package.preprocess import Preprocessor
     from backline.train.data import TrainingSet, build_training_set
     from backline.train.loop import FitResult, TrainingInterrupted, TrainSpec, fit
-    from backline.train.metrics import HoldoutMetrics
     from backline.train.model import FraudMLP, ModelConfig
-    from backline.train.preprocess import Preprocessor
     from backline.train.run import TrainingFailed, TrainResult, load_model, run_training
 
 _WHERE = {
@@ -29,10 +31,10 @@ _WHERE = {
     "TrainingInterrupted": "loop",
     "TrainSpec": "loop",
     "fit": "loop",
-    "HoldoutMetrics": "metrics",
+    "HoldoutMetrics": "backline.package.metrics",
     "FraudMLP": "model",
     "ModelConfig": "model",
-    "Preprocessor": "preprocess",
+    "Preprocessor": "backline.package.preprocess",
     "TrainingFailed": "run",
     "TrainResult": "run",
     "load_model": "run",
@@ -59,4 +61,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'backline.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"backline.train.{_WHERE[name]}"), name)
+    where = _WHERE[name]
+    module = where if "." in where else f"backline.train.{where}"
+    return getattr(importlib.import_module(module), name)

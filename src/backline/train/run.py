@@ -40,6 +40,8 @@ import torch
 
 from backline.core.config import Config
 from backline.core.errors import ConfigError, StoreError, TrainingFailed, UsageError
+from backline.package.metrics import HoldoutMetrics, evaluate
+from backline.package.preprocess import Preprocessor
 from backline.train.checkpoint import CheckpointDamaged, CheckpointStore, load_checkpoint
 from backline.train.data import TrainingSet, build_training_set
 from backline.train.distributed import DistContext, check_device, launch
@@ -57,9 +59,7 @@ from backline.train.loop import (
     prepare_run_dir,
     reset_run_dir,
 )
-from backline.train.metrics import HoldoutMetrics, evaluate
 from backline.train.model import ModelConfig, pos_weight
-from backline.train.preprocess import Preprocessor
 from backline.train.state import parameter_sha256, write_text_atomic
 
 RUNS_DIR = Path(".backline") / "runs"

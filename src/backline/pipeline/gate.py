@@ -15,7 +15,7 @@ Both models score the same evaluation rows, named by `evaluation_digest`. The ch
                           confidence interval of AUC-PR(candidate) - AUC-PR(champion)
                           > -gate.non_inferiority_margin
     latency_p99_ms        p99 of one request with the served variant <= gate.max_latency_ms:
-                          the best round's p99 (registry.latency), as packaged, or re-measured
+                          the best round's p99 (package.latency), as packaged, or re-measured
                           here when that figure is over budget (or on request)
     artifact_mb           the serving package's size / 1e6 <= gate.max_artifact_mb
 
@@ -41,9 +41,9 @@ import pyarrow as pa
 
 from backline.core.config import Config, GateSection
 from backline.core.errors import NotFoundError, SchemaError
-from backline.registry import latency
-from backline.registry.records import GateCheck, GateRecord
-from backline.registry.serving import (
+from backline.package import latency
+from backline.package.metrics import average_precision, recall_at_fpr
+from backline.package.reader import (
     MANIFEST_FILE,
     Scorer,
     ServingPackage,
@@ -51,7 +51,7 @@ from backline.registry.serving import (
     load_package,
     read_package,
 )
-from backline.train.metrics import average_precision, recall_at_fpr
+from backline.registry.records import GateCheck, GateRecord
 
 if TYPE_CHECKING:  # the registry store needs SQLAlchemy; evaluate_gate does not
     from backline.registry.store import Registry, VersionRef
@@ -249,7 +249,7 @@ def paired_bootstrap(
 
 class _SortedScores:
     """One model's scores sorted once, highest first, with the ends of runs of tied scores
-    (tied rows cross a threshold together, as in backline.train.metrics)."""
+    (tied rows cross a threshold together, as in backline.package.metrics)."""
 
     def __init__(self, y: np.ndarray, scores: np.ndarray) -> None:
         order = np.argsort(-scores, kind="stable")

@@ -17,7 +17,7 @@ The folder:
                       INT8_TOLERANCE
     model.onnx        score_codes(numeric, codes) of model.pt for ONNX Runtime (vocabulary
                       lookup outside: codes int64 [N, Dc] as in preprocess.json)
-    preprocess.json   the fitted preprocessing spec (see backline.train.preprocess)
+    preprocess.json   the fitted preprocessing spec (see backline.package.preprocess)
     signature.json    input columns, their types and order; the output
     package.json      sha256 and size of every file, parity errors, AUC-PR, latencies, the int8
                       decision and the machine it was measured on
@@ -48,8 +48,10 @@ import torch
 from torch import nn
 
 from backline.core.errors import SchemaError, WorkspaceError
-from backline.registry import latency
-from backline.registry.serving import (  # noqa: F401 - re-exported: the package API lives here too
+from backline.package import latency
+from backline.package.metrics import average_precision, recall_at_fpr
+from backline.package.preprocess import Preprocessor
+from backline.package.reader import (  # noqa: F401 - re-exported: the package API lives here too
     ALONE_ROWS,
     FORMAT,
     FP32_TOLERANCE,
@@ -83,8 +85,6 @@ from backline.registry.serving import (  # noqa: F401 - re-exported: the package
     table_inputs,
     vocabulary_codes,
 )
-from backline.train.metrics import average_precision, recall_at_fpr
-from backline.train.preprocess import Preprocessor
 
 # ---------------------------------------------------------------------------------------------
 # the programs
@@ -93,7 +93,7 @@ from backline.train.preprocess import Preprocessor
 class _Core(nn.Module):
     """preprocess.json's numeric math, then the network, then a sigmoid.
 
-    Follows backline.train.preprocess exactly: float64 (v - mean) / std clipped to [-clip, clip],
+    Follows backline.package.preprocess exactly: float64 (v - mean) / std clipped to [-clip, clip],
     0 where missing, cast to float32, then one missing indicator per feature.
     """
 
@@ -190,7 +190,7 @@ def package(
 
     `onnx`: True requires the ONNX export (onnxscript, onnx and onnxruntime installed), False
     skips it, None exports it when those libraries are installed. `latency_runs`: timed calls
-    per round at batch 1 (LATENCY_ROUNDS rounds; see backline.registry.latency).
+    per round at batch 1 (LATENCY_ROUNDS rounds; see backline.package.latency).
     """
     pre = preprocess_spec
     out_dir = Path(out_dir)
@@ -471,7 +471,7 @@ def _score_batched(
 def _measure_latency(
     scorers: Mapping[str, Scorer], table: pa.Table, runs: int
 ) -> dict[str, tuple[Latency, ...]]:
-    """p50 and p99 per variant and batch size (see backline.registry.latency).
+    """p50 and p99 per variant and batch size (see backline.package.latency).
 
     Batch 1 is timed on one torch thread, as a server worker scores one request, in
     LATENCY_ROUNDS rounds of `runs` calls; its p99 is the best round's, which other jobs on the

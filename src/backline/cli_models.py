@@ -10,6 +10,10 @@
 
 `backline.cli` calls `add_commands(subparsers)`. Each command returns an exit code and raises
 a BacklineError for anything the user can fix; the CLI prints that on one line and exits 2.
+
+This is the command line, the top layer, not part of the registry: `models gate` builds the
+holdout (`backline.train`) and runs the gate (`backline.pipeline.gate`), neither of which the
+registry itself may import.
 """
 
 from __future__ import annotations
@@ -305,7 +309,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Exit 0 when the gate passes and 1 when it fails, so CI can use it."""
-    from backline.registry.gate import gate_version
+    from backline.pipeline.gate import gate_version
     from backline.train.data import build_training_set
 
     cfg = _config(args)

@@ -1,10 +1,15 @@
-"""Loading and scoring a serving package: what a model server needs, and nothing else.
+"""Reading a model package back and scoring with it: what a model server needs, and nothing else.
 
     scorer = load_package(Path("out/fraud-v3"))   # verifies every file's sha256 first
     probs = scorer.score(table)                   # float32 [N], from the raw feature columns
 
-`backline.registry.export.package` writes the folder (see its docstring for the layout) and
+`backline.package.export.package` writes the folder (see its docstring for the layout) and
 measures it; this module reads it back with torch and onnxruntime alone, never pickle.
+
+A folder that is not a package at all (no package.json) or a variant it does not hold is an
+`InputError`: the caller asked for the wrong thing. A package whose files do not match
+package.json, are missing, or cannot be read is an `IntegrityError`: it was damaged or tampered
+with after packaging, and the fix is to fetch it again, not to change the request.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from backline.core.errors import InputError, SchemaError
-from backline.train.preprocess import Preprocessor
+from backline.core.errors import InputError, IntegrityError, SchemaError
+from backline.package.preprocess import Preprocessor
 
 FORMAT = "backline.serving/1"
 SIGNATURE_FORMAT = "backline.signature/1"
@@ -61,7 +66,7 @@ LATENCY_ROUNDS = 10
 LATENCY_CALLS = 200
 #: Untimed calls per variant before the first round.
 LATENCY_WARMUP = 20
-#: How Latency.p99_ms is formed now: the lowest of the rounds' p99s (see registry.latency).
+#: How Latency.p99_ms is formed now: the lowest of the rounds' p99s (see backline.package.latency).
 LATENCY_STATISTIC = "best_round_p99"
 #: ... and how packages written before rounds existed formed it.
 LATENCY_POOLED = "pooled_p99"
@@ -99,7 +104,7 @@ class Latency:
     warmup: int = 0
     """Untimed calls before the first round."""
     round_p99_ms: tuple[float, ...] = ()
-    """Each round's p99, in order (preempted calls left out; see registry.latency)."""
+    """Each round's p99, in order (preempted calls left out; see package.latency)."""
     preempted_calls: int = 0
     """Timed calls during which the scheduler took the core away."""
 
@@ -310,7 +315,11 @@ def read_package(root: Path) -> ServingPackage:
             "`package` wrote."
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}). Re-export the package.") from None
+        raise IntegrityError(f"{path} is not valid JSON ({exc}). Re-export the package.") from None
+    except OSError as exc:
+        raise IntegrityError(
+            f"{path} cannot be read ({exc.strerror or exc}). Fetch the package again."
+        ) from None
 
     def f(value: Any) -> float:
         return math.nan if value is None else float(value)
@@ -347,7 +356,7 @@ def read_package(root: Path) -> ServingPackage:
             environment={str(k): str(v) for k, v in doc["environment"].items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(
+        raise IntegrityError(
             f"{path} is not a valid serving manifest ({type(exc).__name__}: {exc}). Re-export "
             "the package rather than editing it."
         ) from None
@@ -430,17 +439,22 @@ def load_package(root: Path, variant: str = "served", *, verify: bool = True) ->
         for item in manifest.files:
             path = root / item.name
             if not path.is_file():
-                raise InputError(
+                raise IntegrityError(
                     f"serving package {root} lacks {item.name}, which package.json lists. Copy "
                     "the whole folder, or fetch it again from the registry."
                 )
-            actual = _sha256(path)
+            try:
+                actual = _sha256(path)
+            except OSError as exc:
+                raise IntegrityError(
+                    f"{path} cannot be read ({exc.strerror or exc}). Fetch the package again."
+                ) from None
             if actual != item.sha256:
-                raise InputError(
+                raise IntegrityError(
                     f"{path} has sha256 {actual[:12]}..., but package.json records "
                     f"{item.sha256[:12]}...; the file changed after packaging. Fetch it again."
                 )
-    pre = Preprocessor.from_json((root / PREPROCESS_FILE).read_text(encoding="utf-8"))
+    pre = _read_preprocess(root)
     name = manifest.served if variant == "served" else variant
     if name not in VARIANTS:
         raise InputError(f"unknown serving variant {variant!r}. Use served, {', '.join(VARIANTS)}.")
@@ -457,11 +471,28 @@ def load_package(root: Path, variant: str = "served", *, verify: bool = True) ->
     return _load_scorer(root, pre, name)
 
 
+def _read_preprocess(root: Path) -> Preprocessor:
+    """preprocess.json of a package; a file that is missing or does not parse is damage."""
+    path = root / PREPROCESS_FILE
+    try:
+        return Preprocessor.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IntegrityError(
+            f"serving package {root}: {PREPROCESS_FILE} cannot be read ({exc}). Fetch the "
+            "package again."
+        ) from None
+    except SchemaError as exc:
+        raise IntegrityError(f"serving package {root}: {PREPROCESS_FILE}: {exc}") from None
+
+
 def _load_scorer(root: Path, pre: Preprocessor, variant: str) -> Scorer:
     if variant in ("fp32", "int8"):
         path = root / (MODEL_FILE if variant == "fp32" else INT8_FILE)
-        with _quiet_torch():
-            program = torch.jit.load(str(path), map_location="cpu")
+        try:
+            with _quiet_torch():
+                program = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise _unreadable(path, exc) from None
         program.eval()
 
         def run_torch(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
@@ -478,9 +509,12 @@ def _load_scorer(root: Path, pre: Preprocessor, variant: str) -> Scorer:
         options.intra_op_num_threads = torch.get_num_threads()
         # idle workers sleep instead of spinning, so they leave the cores to torch's threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, NoSuchFile)
+            raise _unreadable(path, exc) from None
 
         def run_onnx(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
             codes = vocabulary_codes(categorical, pre)
@@ -490,3 +524,11 @@ def _load_scorer(root: Path, pre: Preprocessor, variant: str) -> Scorer:
         entry = "vocabulary_codes + session.run(numeric, codes)"
         return Scorer(root, pre, variant, run_onnx, entry, path.stat().st_size)
     raise InputError(f"unknown serving variant {variant!r}. Use served, fp32, int8 or onnx.")
+
+
+def _unreadable(path: Path, exc: BaseException) -> IntegrityError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return IntegrityError(
+        f"{path} cannot be loaded as a model ({first}). The file is damaged; fetch the package "
+        "again, or re-export it."
+    )

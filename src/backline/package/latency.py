@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from backline.registry.serving import (
+from backline.package.reader import (
     LATENCY_CALLS,
     LATENCY_ROUNDS,
     LATENCY_STATISTIC,
