@@ -65,24 +65,6 @@ class Group:
 
 GROUPS = (
     Group(
-        "validation and commit",
-        {
-            "src/backline/data/validation.py": (
-                "tests/data/test_ingest.py",
-                "tests/data/test_nothing_lost.py",
-            ),
-            "src/backline/data/ingest.py": (
-                "tests/data/test_ingest.py",
-                "tests/data/test_nothing_lost.py",
-                "tests/data/test_atomicity.py",
-            ),
-            "src/backline/data/offline_store.py": (
-                "tests/data/test_ingest.py",
-                "tests/data/test_atomicity.py",
-            ),
-        },
-    ),
-    Group(
         "point-in-time and windows",
         {
             "src/backline/features/compile.py": ("tests/features/test_history.py",),
@@ -140,6 +122,24 @@ GROUPS = (
                 "tests/registry/test_atomicity.py",
             ),
             "src/backline/registry/gate.py": ("tests/registry/test_gate.py",),
+        },
+    ),
+    Group(
+        "validation and commit",
+        {
+            "src/backline/data/validation.py": (
+                "tests/data/test_ingest.py",
+                "tests/data/test_nothing_lost.py",
+            ),
+            "src/backline/data/ingest.py": (
+                "tests/data/test_ingest.py",
+                "tests/data/test_nothing_lost.py",
+                "tests/data/test_atomicity.py",
+            ),
+            "src/backline/data/offline_store.py": (
+                "tests/data/test_ingest.py",
+                "tests/data/test_atomicity.py",
+            ),
         },
     ),
 )
@@ -258,8 +258,18 @@ def locate(path: Path, mutant: str, diff: str) -> int | None:
     return start
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End mutmut and every worker it forked (they share its session)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def run_group(
-    group: Group, args: argparse.Namespace, env: dict[str, str], log: Path
+    group: Group, args: argparse.Namespace, env: dict[str, str], log: Path, timeout: float
 ) -> list[ModuleResult]:
     work = Path(tempfile.mkdtemp(prefix="backline-mutate-")) / "repo"
     results = [ModuleResult(m) for m in group.modules]
@@ -296,15 +306,13 @@ def run_group(
                 start_new_session=True,
             )
             try:
-                proc.wait(timeout=args.timeout)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                print(f"  {group.name}: stopped after {args.timeout} s; unrun mutants not counted")
+                stop(proc)
+                print(f"  {group.name}: stopped after {timeout:.0f} s; unrun mutants not counted")
+            except BaseException:  # Ctrl-C: take mutmut and its workers down too
+                stop(proc)
+                raise
         print(
             f"  {group.name}: mutmut ran {time.monotonic() - started:.0f} s (exit {proc.returncode})"
         )
@@ -377,7 +385,12 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=12, help="mutants per module (12)")
     parser.add_argument("--all", action="store_true", help="every mutant (hours)")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (0)")
-    parser.add_argument("--timeout", type=int, default=420, help="seconds per group (420)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=30,
+        help="minutes for the whole run, shared by the groups (30)",
+    )
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--nice", type=int, default=10, help="niceness of the runs (10; 0: none)")
     parser.add_argument("--rev", help="test this commit instead of the working tree")
@@ -399,9 +412,11 @@ def main() -> int:
     )
     started = time.monotonic()
     done: list[tuple[str, ModuleResult]] = []
-    for group in groups:
-        print(f"- {group.name}: {', '.join(group.modules)}")
-        done += [(group.name, r) for r in run_group(group, args, env, log)]
+    for left, group in zip(range(len(groups), 0, -1), groups, strict=True):
+        # each group gets an equal share of what the groups before it left unused
+        timeout = (args.budget * 60 - (time.monotonic() - started)) / left
+        print(f"- {group.name}: {', '.join(group.modules)} (at most {timeout:.0f} s)")
+        done += [(group.name, r) for r in run_group(group, args, env, log, max(timeout, 60))]
 
     survivors = [s for _, r in done for s in r.survivors]
     report = []
