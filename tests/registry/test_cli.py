@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from backline.cli_models import add_commands, parse_spec
+from backline.cli.models import add_commands, parse_spec
 from backline.core.config import Config
 from backline.core.errors import BacklineError, GateFailed, NotFoundError, UsageError
 from backline.registry import Registry

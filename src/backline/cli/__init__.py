@@ -950,7 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_train)
 
-    from backline.cli_models import add_commands as add_model_commands
+    from backline.cli.models import add_commands as add_model_commands
 
     add_model_commands(sub)
 
