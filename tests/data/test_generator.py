@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from backline.core.errors import BacklineError, DriftSpecError, UsageError
+from backline.core.errors import BacklineError, DriftSpecError, InvalidArgument
 from backline.data.generator import (
     _CURRENCY_PER_USD,  # the per-currency scale
     CHANNELS,
@@ -557,7 +557,7 @@ def test_parse_drift_missing_file(tmp_path: Path) -> None:
     ],
 )
 def test_config_validation(overrides: dict[str, object], bad: str) -> None:
-    with pytest.raises(UsageError) as caught:
+    with pytest.raises(InvalidArgument) as caught:
         small(**overrides)
     assert bad in str(caught.value)
     assert isinstance(caught.value, BacklineError)
@@ -671,7 +671,7 @@ def test_text_formats_write_iso_utc_timestamps(tmp_path: Path) -> None:
 
 def test_write_generated_rejects_unknown_format(tmp_path: Path) -> None:
     data = generate(small(cards=5, days=1))
-    with pytest.raises(UsageError, match="'xlsx'"):
+    with pytest.raises(InvalidArgument, match="'xlsx'"):
         write_generated(data, tmp_path, "xlsx")
 
 

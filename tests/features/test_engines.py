@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from backline.core.config import Config, load_config
-from backline.core.errors import BacklineError, SchemaError, UsageError
+from backline.core.errors import BacklineError, InvalidArgument, SchemaError
 from backline.core.workspace import init_project
 from backline.data.generator import GeneratorConfig, generate, write_generated
 from backline.data.ingest import ingest
@@ -256,7 +256,7 @@ def _write(path: Path, text: str | None = None, table: pa.Table | None = None) -
         ("nozone.parquet", SchemaError),
         ("no_time.parquet", SchemaError),
         ("null_time.parquet", SchemaError),
-        ("entities.json", UsageError),
+        ("entities.json", InvalidArgument),
         ("empty.parquet", SchemaError),
     ],
 )

@@ -22,7 +22,7 @@ from backline.package.reader import label_array, load_package
 from backline.pipeline.gate import fetch_package
 from backline.pipeline.train import gate, train_and_register
 from backline.registry import open_registry
-from backline.train.data import build_training_set
+from backline.train.dataset import build_training_set
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,13 @@ import pytest
 
 from backline.cli.models import add_commands, parse_spec
 from backline.core.config import Config
-from backline.core.errors import BacklineError, GateFailed, NotFoundError, UsageError
+from backline.core.errors import (
+    BacklineError,
+    GateFailed,
+    InvalidArgument,
+    NotFoundError,
+    UsageError,
+)
 from backline.registry import Registry
 from tests.registry.conftest import gate, lineage, make_files
 
@@ -103,7 +109,7 @@ def test_promote_rollback_aliases_audit(
     project = reg_cfg.root
     with pytest.raises(GateFailed, match="v2 has no gate record"):
         run(project, "models", "promote", "fraud", "2")
-    with pytest.raises(UsageError, match="needs a reason"):
+    with pytest.raises(InvalidArgument, match="needs a reason"):
         run(project, "models", "promote", "fraud", "2", "--force")
     event = run_json(project, capsys, "models", "promote", "fraud", "1", "--actor", "ci")
     assert event == {**event, "action": "promote", "new_version": 1, "actor": "ci"}

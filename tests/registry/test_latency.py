@@ -318,7 +318,7 @@ def test_cli_gate_remeasure_flag(
         return real(*args, remeasure=remeasure, **kwargs)
 
     import backline.pipeline.gate as gate_module
-    import backline.train.data as data_module
+    import backline.train.dataset as data_module
 
     real = gate_module.gate_version
     monkeypatch.setattr(data_module, "build_training_set", lambda cfg, service: Holdout())

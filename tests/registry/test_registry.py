@@ -17,6 +17,7 @@ from backline.core.errors import (
     GateFailed,
     InputError,
     IntegrityError,
+    InvalidArgument,
     NotFoundError,
     StoreError,
     UsageError,
@@ -159,14 +160,14 @@ def test_aliases_and_their_audit_log(registry: Registry, files: dict[str, Path])
     assert log[0].seq < log[1].seq and log[0].at <= log[1].at
     assert registry.audit("fraud", alias="champion") == []
 
-    with pytest.raises(UsageError, match="already points at v2"):
+    with pytest.raises(InvalidArgument, match="already points at v2"):
         registry.set_alias("fraud", "challenger", 2, actor="a")
-    with pytest.raises(UsageError, match="moves only through promote"):
+    with pytest.raises(InvalidArgument, match="moves only through promote"):
         registry.set_alias("fraud", CHAMPION, 2, actor="a")
     for bad in ("Bad", "2", "latest", "a b"):
-        with pytest.raises(UsageError):
+        with pytest.raises(InvalidArgument):
             registry.set_alias("fraud", bad, 1, actor="a")
-    with pytest.raises(UsageError, match="actor is empty"):
+    with pytest.raises(InvalidArgument, match="actor is empty"):
         registry.set_alias("fraud", "shadow", 1, actor=" ")
     with pytest.raises(NotFoundError, match=r"no version or alias 'nope'.*challenger"):
         registry.get("fraud", "nope")
@@ -181,9 +182,9 @@ def test_promote_needs_a_passing_gate(registry: Registry, files: dict[str, Path]
     registry.record_gate("fraud", 1, gate(passed=False))
     with pytest.raises(GateFailed, match=r"failed its gate \(non_inferiority\)"):
         registry.promote("fraud", 1, actor="a")
-    with pytest.raises(UsageError, match="needs a reason"):
+    with pytest.raises(InvalidArgument, match="needs a reason"):
         registry.promote("fraud", 1, actor="a", force=True)
-    with pytest.raises(UsageError, match="needs a reason"):
+    with pytest.raises(InvalidArgument, match="needs a reason"):
         registry.promote("fraud", 1, actor="a", reason="   ", force=True)
     assert registry.audit("fraud") == []
 
@@ -191,7 +192,7 @@ def test_promote_needs_a_passing_gate(registry: Registry, files: dict[str, Path]
     event = registry.promote("fraud", 1, actor="ci", reason="weekly")
     assert (event.action, event.old_version, event.new_version) == ("promote", None, 1)
     assert registry.get("fraud", CHAMPION).version == 1
-    with pytest.raises(UsageError, match="already the champion"):
+    with pytest.raises(InvalidArgument, match="already the champion"):
         registry.promote("fraud", 1, actor="a")
 
     # a gate run against no champion is stale once v1 is champion
@@ -214,19 +215,19 @@ def test_rollback_walks_back_the_champion_history(
 ) -> None:
     for _ in range(3):
         registry.register("fraud", files, lineage(), actor="a")
-    with pytest.raises(UsageError, match="no earlier champion"):
+    with pytest.raises(InvalidArgument, match="no earlier champion"):
         registry.rollback("fraud", actor="a", reason="x")
     for v in (1, 2, 3):
         registry.record_gate("fraud", v, gate(champion=v - 1 if v > 1 else None))
         registry.promote("fraud", v, actor="ci")
-    with pytest.raises(UsageError, match="reason is empty"):
+    with pytest.raises(InvalidArgument, match="reason is empty"):
         registry.rollback("fraud", actor="a", reason="")
     back = registry.rollback("fraud", actor="oncall", reason="precision dropped")
     assert (back.action, back.old_version, back.new_version) == ("rollback", 3, 2)
     assert registry.get("fraud", CHAMPION).version == 2
     again = registry.rollback("fraud", actor="oncall", reason="still bad")
     assert (again.old_version, again.new_version) == (2, 1)
-    with pytest.raises(UsageError, match=r"no earlier champion.*champion: v1"):
+    with pytest.raises(InvalidArgument, match=r"no earlier champion.*champion: v1"):
         registry.rollback("fraud", actor="a", reason="x")
     # a promotion after rollbacks starts a new history on top of v1
     registry.promote("fraud", 3, actor="a", reason="fixed upstream", force=True)
@@ -304,7 +305,7 @@ def test_clear_errors(registry: Registry, files: dict[str, Path], tmp_path: Path
         registry.get("fraud", 7)
     with pytest.raises(NotFoundError, match=r"has no artifact 'nope\.pt'"):
         registry.artifact_path("fraud", 1, "nope.pt")
-    with pytest.raises(UsageError, match="model name 'a:b'"):
+    with pytest.raises(InvalidArgument, match="model name 'a:b'"):
         registry.register("a:b", files, lineage(), actor="a")
     with pytest.raises(UsageError, match="at least one artifact"):
         registry.register("fraud", {}, lineage(), actor="a")

@@ -18,7 +18,7 @@ from backline.core.workspace import init_project
 from backline.data.generator import generate
 from backline.data.ingest import ingest
 from backline.features.repository import apply, load_definitions
-from backline.train.data import build_training_set
+from backline.train.dataset import build_training_set
 
 from .helpers import GENERATED, fraud_project, generated_labels, utc
 

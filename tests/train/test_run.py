@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from backline.core.config import Config
-from backline.core.errors import ConfigError, StoreError, TrainingInterrupted, UsageError
+from backline.core.errors import ConfigError, InvalidArgument, StoreError, TrainingInterrupted
 from backline.package.metrics import evaluate
 from backline.package.preprocess import Preprocessor
 from backline.train.loop import TrainProgress
@@ -64,7 +64,7 @@ def test_a_run_leaves_everything_in_its_folder(cfg: Config, first: TrainResult) 
 def test_the_artifacts_reproduce_the_holdout_metrics(cfg: Config, first: TrainResult) -> None:
     """What serving will load (preprocess.json, model.json, model.pt) scores the holdout exactly
     as training did."""
-    from backline.train.data import build_training_set
+    from backline.train.dataset import build_training_set
 
     pre = Preprocessor.from_json(first.preprocess_path.read_text())
     model = load_model(first.run_dir)
@@ -120,13 +120,13 @@ def test_a_run_in_progress_is_not_trained_twice(cfg: Config, first: TrainResult)
     ],
 )
 def test_usage_errors(cfg: Config, kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         run_training(cfg, progress=False, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_says_so(cfg: Config) -> None:
-    with pytest.raises(UsageError, match=r"--device cuda, but torch .* sees no CUDA device"):
+    with pytest.raises(InvalidArgument, match=r"--device cuda, but torch .* sees no CUDA device"):
         run_training(cfg, device="cuda", progress=False)
 
 

@@ -8,7 +8,7 @@
     backline models rollback fraud --reason "precision dropped after release"
     backline models audit fraud --json
 
-`backline.cli` calls `add_commands(subparsers)`. Each command returns an exit code and raises
+`backline.cli.build_parser` calls `add_commands(subparsers)`. Each command returns an exit code and raises
 a BacklineError for anything the user can fix; the CLI prints that on one line and exits 2.
 
 This is the command line, the top layer, not part of the registry: `models gate` builds the
@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from backline.core.config import Config
+from backline.cli.common import _config
 from backline.core.console import out
 from backline.core.errors import UsageError
 
@@ -310,7 +309,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     """Exit 0 when the gate passes and 1 when it fails, so CI can use it."""
     from backline.pipeline.gate import gate_version
-    from backline.train.data import build_training_set
+    from backline.train.dataset import build_training_set
 
     cfg = _config(args)
     holdout = build_training_set(cfg, service=cfg.train.service).holdout
@@ -421,13 +420,6 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     raise UsageError(
         f"{spec!r} is not MODEL, MODEL:VERSION or MODEL@ALIAS; e.g. fraud, fraud:3, fraud@champion."
     )
-
-
-def _config(args: argparse.Namespace) -> Config:
-    from backline.core.config import find_project, load_config
-
-    project = getattr(args, "project", None)
-    return load_config(find_project(Path(project) if project else None))
 
 
 def _registry(args: argparse.Namespace) -> Registry:

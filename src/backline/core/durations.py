@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
-from backline.core.errors import UsageError
+from backline.core.errors import InvalidArgument
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -21,7 +21,7 @@ def parse_duration(text: str, *, what: str = "duration") -> timedelta:
     """'90s', '10m', '1h', '7d' or '2w' as a timedelta."""
     match = _DURATION.match(str(text))
     if not match:
-        raise UsageError(
+        raise InvalidArgument(
             f"{what} {text!r} is not a duration. Write a number and a unit s, m, h, d or w, "
             "for example '10m' or '7d'."
         )
@@ -55,12 +55,12 @@ def parse_utc(text: str | date | datetime, *, what: str = "time") -> datetime:
                 return datetime(d.year, d.month, d.day, tzinfo=UTC)
             value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise UsageError(
+            raise InvalidArgument(
                 f"{what} {raw!r} is not a date or ISO-8601 time. "
                 "Write it as 2026-03-01 or 2026-03-01T12:00:00+00:00."
             ) from None
     if value.tzinfo is None:
-        raise UsageError(
+        raise InvalidArgument(
             f"{what} {text!s} has no timezone. Add an offset such as +00:00 or Z "
             "(backline keeps every timestamp in UTC)."
         )

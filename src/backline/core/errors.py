@@ -3,7 +3,8 @@
     BacklineError                 root: the CLI prints str(err) on one line and exits 2
     ├── ConfigError               backline.toml or a BACKLINE_* variable is wrong
     ├── WorkspaceError            no project here, or `init` would overwrite one
-    ├── UsageError                a command-line argument is wrong
+    ├── InvalidArgument           an argument of a library call has a wrong value
+    │   └── UsageError            a command-line argument has a wrong value
     ├── SchemaError               a declared schema is inconsistent, or data cannot fit it
     ├── InputError                an input file or folder cannot be read at all
     ├── NotFoundError             a named thing (source, batch, file) does not exist
@@ -56,8 +57,16 @@ class WorkspaceError(BacklineError):
     code = "workspace_error"
 
 
-class UsageError(BacklineError):
-    """A command-line argument has a wrong value."""
+class InvalidArgument(BacklineError):
+    """An argument of a library call has a wrong value (a Python caller, or a server request,
+    passed it; there may be no command line at all)."""
+
+    code = "invalid_argument"
+
+
+class UsageError(InvalidArgument):
+    """A command-line argument has a wrong value: raised by the `backline` command itself.
+    A subclass of InvalidArgument, so `except InvalidArgument` catches both."""
 
     code = "usage_error"
 

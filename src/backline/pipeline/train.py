@@ -1,7 +1,7 @@
 """Train -> package -> register, and gate: the stages wired together for `backline train`.
 
-    released = train_and_register(cfg)                # a new registered model version
-    record = gate(cfg, "fraud", released.version.version)
+    registered = train_and_register(cfg)              # a new registered model version
+    record = gate(cfg, "fraud", registered.version.version)
 
 The training run (resumable, `backline.train`) produces weights and the preprocessing spec;
 the serving package (`backline.package.export`) turns them into a pickle-free folder with its
@@ -40,7 +40,7 @@ from backline.registry import Registry, open_registry
 from backline.registry.lineage import Lineage, config_hash, git_commit, library_versions
 from backline.registry.records import GateRecord, ModelVersion
 from backline.registry.schema import content_digest
-from backline.train.data import TrainingSet, build_training_set
+from backline.train.dataset import TrainingSet, build_training_set
 from backline.train.loop import TrainProgress
 from backline.train.run import TrainResult, load_model, run_training
 
@@ -48,7 +48,7 @@ SCORE = "__score"
 
 
 @dataclass(frozen=True)
-class Released:
+class Registered:
     """What `backline train` made: the run, its serving package, the registered version."""
 
     train: TrainResult
@@ -71,7 +71,7 @@ def train_and_register(
     actor: str | None = None,
     progress: bool = True,
     on_progress: Callable[[TrainProgress], None] | None = None,
-) -> Released:
+) -> Registered:
     """Train (or resume, or find finished) the run, package it, and register it once.
 
     Every store this needs (offline folder and catalog, registry database, artifact folder) is
@@ -96,13 +96,13 @@ def train_and_register(
             on_progress=on_progress,
         )
     with stage("writing and measuring the serving package"):
-        released = _package_and_register(cfg, result, model_name, actor)
-    return released
+        registered = _package_and_register(cfg, result, model_name, actor)
+    return registered
 
 
 def _package_and_register(
     cfg: Config, result: TrainResult, model_name: str, actor: str | None
-) -> Released:
+) -> Registered:
     ts = _training_set(cfg, result)
     model = load_model(result.run_dir)
     pre = Preprocessor.from_json(result.preprocess_path.read_text())
@@ -117,7 +117,7 @@ def _package_and_register(
     with open_registry(cfg) as registry:
         existing = _registered(registry, model_name, pkg, result)
     if existing is not None:
-        return Released(result, pkg, existing, already_registered=True)
+        return Registered(result, pkg, existing, already_registered=True)
     lineage = Lineage(
         training_set_digest=result.training_set_digest,
         feature_versions=dict(result.feature_views),
@@ -142,7 +142,7 @@ def _package_and_register(
             actor=actor or _actor(),
             description=f"run {result.run_id}: {result.steps} steps on {ts.train.num_rows:,} examples",
         )
-    return Released(result, pkg, version)
+    return Registered(result, pkg, version)
 
 
 def gate(

@@ -10,7 +10,7 @@ import hashlib
 import math
 from datetime import datetime
 
-from backline.core.errors import UsageError
+from backline.core.errors import InvalidArgument
 from backline.registry.records import (
     ArtifactChange,
     FieldChange,
@@ -32,7 +32,7 @@ _SCALAR_FIELDS = (
 
 def diff_versions(a: ModelVersion, b: ModelVersion) -> VersionDiff:
     if a.model != b.model:
-        raise UsageError(
+        raise InvalidArgument(
             f"cannot diff {a.model} v{a.version} with {b.model} v{b.version}: versions of two "
             "different models. Diff two versions of one model."
         )

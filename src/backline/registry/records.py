@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from backline.core.errors import NotFoundError, SchemaError, UsageError
+from backline.core.errors import InvalidArgument, NotFoundError, SchemaError
 from backline.registry.lineage import Lineage, encode_float, require_utc
 
 #: Alias actions in the audit log.
@@ -224,7 +224,7 @@ def to_jsonable(value: object) -> object:
 
 def check_model_name(model: str) -> None:
     if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", model):
-        raise UsageError(
+        raise InvalidArgument(
             f"model name {model!r} is not allowed. Use letters, digits, '_', '.' and '-' "
             "(no ':' or '@', which separate versions and aliases)."
         )
@@ -232,17 +232,17 @@ def check_model_name(model: str) -> None:
 
 def check_alias(alias: str) -> None:
     if not isinstance(alias, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", alias):
-        raise UsageError(
+        raise InvalidArgument(
             f"alias {alias!r} is not allowed. Start with a lower-case letter; then letters, "
             "digits, '_' and '-', e.g. 'challenger'."
         )
     if alias == "latest":
-        raise UsageError("alias 'latest' is reserved: it always means the newest version.")
+        raise InvalidArgument("alias 'latest' is reserved: it always means the newest version.")
 
 
 def required_text(value: str, what: str, hint: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{what} is empty; give {hint}.")
+        raise InvalidArgument(f"{what} is empty; give {hint}.")
     return value.strip()
 
 

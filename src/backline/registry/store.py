@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from backline.core.config import Config
-from backline.core.errors import GateFailed, NotFoundError, SchemaError, StoreError, UsageError
+from backline.core.errors import GateFailed, InvalidArgument, NotFoundError, SchemaError, StoreError
 from backline.registry import schema as s
 from backline.registry.artifacts import ArtifactStore
 from backline.registry.db import Database
@@ -330,7 +330,7 @@ class Registry:
         """Point `alias` at a version (not `champion`: that moves by promote and rollback)."""
         check_alias(alias)
         if alias == CHAMPION:
-            raise UsageError(
+            raise InvalidArgument(
                 f"the {CHAMPION!r} alias moves only through promote (which checks the gate) and "
                 "rollback. Use `backline models promote` instead."
             )
@@ -354,7 +354,7 @@ class Registry:
         actor = required_text(actor, "actor", "who promotes it")
         reason = (reason or "").strip()
         if force and not reason:
-            raise UsageError(
+            raise InvalidArgument(
                 "promote with force needs a reason: say why the gate is bypassed "
                 "(--reason TEXT). It is kept in the audit log."
             )
@@ -363,7 +363,7 @@ class Registry:
             version_id, number = self._resolve(conn, model, model_id, version)
             champion = self._pointer(conn, model_id, CHAMPION)
             if champion == number:
-                raise UsageError(f"{model} v{number} is already the champion; nothing to do.")
+                raise InvalidArgument(f"{model} v{number} is already the champion; nothing to do.")
             gate = self._latest_gate(conn, version_id)
             problem = _gate_problem(model, number, gate, champion)
             if problem and not force:
@@ -389,7 +389,7 @@ class Registry:
                     history.append(e.new_version)
             if len(history) < 2:
                 current = f"v{history[-1]}" if history else "none"
-                raise UsageError(
+                raise InvalidArgument(
                     f"{model} has no earlier champion to roll back to (champion: {current}). "
                     "Promote a version instead."
                 )
@@ -416,7 +416,7 @@ class Registry:
     ) -> AliasEvent:
         old = self._pointer(conn, model_id, alias)
         if old == number:
-            raise UsageError(f"alias {alias!r} of {model} already points at v{number}.")
+            raise InvalidArgument(f"alias {alias!r} of {model} already points at v{number}.")
         version_id = self._version_id(conn, model, model_id, number)
         now = datetime.now(UTC)
         values = {"version_id": version_id, "updated_at": now, "actor": actor}
@@ -559,7 +559,7 @@ class Registry:
     ) -> tuple[int, int]:
         """(version row id, version number) of a version number, alias or "latest"."""
         if isinstance(ref, bool):
-            raise UsageError(f"version {ref!r} of {model}: give a number or an alias.")
+            raise InvalidArgument(f"version {ref!r} of {model}: give a number or an alias.")
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
             number = int(ref)
             return self._version_id(conn, model, model_id, number), number

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from backline.package.metrics import HoldoutMetrics
     from backline.package.preprocess import Preprocessor
-    from backline.train.data import TrainingSet, build_training_set
+    from backline.train.dataset import TrainingSet, build_training_set
     from backline.train.loop import FitResult, TrainingInterrupted, TrainSpec, fit
     from backline.train.model import FraudMLP, ModelConfig
     from backline.train.run import TrainingFailed, TrainResult, load_model, run_training
 
 _WHERE = {
-    "TrainingSet": "data",
-    "build_training_set": "data",
+    "TrainingSet": "dataset",
+    "build_training_set": "dataset",
     "FitResult": "loop",
     "TrainingInterrupted": "loop",
     "TrainSpec": "loop",

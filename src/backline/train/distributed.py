@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from backline.core.errors import UsageError
+from backline.core.errors import InvalidArgument
 
 # A collective that waits this long is stuck (a peer died without closing its sockets);
 # failing lets torchrun restart the group instead of hanging.
@@ -101,18 +101,18 @@ class DistContext:
 def check_device(device: str, nproc: int = 1) -> None:
     """Refuse a device this machine does not have, with what to do instead."""
     if device not in ("cpu", "cuda"):
-        raise UsageError(
+        raise InvalidArgument(
             f"--device {device!r} is not a device backline trains on; use cpu or cuda."
         )
     if device == "cuda":
         if not torch.cuda.is_available():
             build = torch.__version__
-            raise UsageError(
+            raise InvalidArgument(
                 f"--device cuda, but torch {build} sees no CUDA device. Use --device cpu, or "
                 "install a CUDA build of torch on a machine with a GPU."
             )
         if nproc > torch.cuda.device_count():
-            raise UsageError(
+            raise InvalidArgument(
                 f"--nproc {nproc} with --device cuda needs {nproc} GPUs, but "
                 f"{torch.cuda.device_count()} are visible. Use --nproc "
                 f"{torch.cuda.device_count()} or fewer."
@@ -176,7 +176,7 @@ def launch(
     """Run the workers under torchrun and wait; torchrun's own log goes to stderr. A SIGTERM
     to this process is passed to torchrun, which passes it to the workers."""
     if nproc < 1:
-        raise UsageError(f"--nproc {nproc}: run at least one worker.")
+        raise InvalidArgument(f"--nproc {nproc}: run at least one worker.")
     check_device(device, nproc)
     cmd = torchrun_command(
         run_dir, nproc=nproc, max_restarts=max_restarts, device=device, progress=progress

@@ -43,7 +43,7 @@ from backline.core.errors import ConfigError, StoreError, TrainingFailed, UsageE
 from backline.package.metrics import HoldoutMetrics, evaluate
 from backline.package.preprocess import Preprocessor
 from backline.train.checkpoint import CheckpointDamaged, CheckpointStore, load_checkpoint
-from backline.train.data import TrainingSet, build_training_set
+from backline.train.dataset import TrainingSet, build_training_set
 from backline.train.distributed import DistContext, check_device, launch
 from backline.train.loop import (
     FIT_RESULT,

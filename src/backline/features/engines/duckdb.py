@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backline.core.config import Config, SourceSpec
-from backline.core.errors import SchemaError, UsageError
+from backline.core.errors import InvalidArgument, SchemaError
 from backline.core.types import DUCKDB_TYPES
 from backline.features.compile import DUCKDB, ROW, TIME, within
 
@@ -66,7 +66,7 @@ class DuckDBEngine:
                     f"FROM read_parquet('{converted}', file_row_number = true)"
                 )
             else:
-                raise UsageError(
+                raise InvalidArgument(
                     f"entities file {rows} must be .parquet or .csv (with join keys and a "
                     "timestamp column)."
                 )

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backline.core.config import Config, SourceSpec
-from backline.core.errors import ConfigError, SchemaError, UsageError
+from backline.core.errors import ConfigError, InvalidArgument, SchemaError
 from backline.features.compile import ROW, SPARK, TIME
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class SparkEngine:
             elif suffix == ".csv":
                 df = self._csv_entities(Path(rows), timestamp_column)
             else:
-                raise UsageError(
+                raise InvalidArgument(
                     f"entities file {rows} must be .parquet or .csv (with join keys and a "
                     "timestamp column)."
                 )

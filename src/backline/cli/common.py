@@ -1,0 +1,96 @@
+"""Helpers every command group shares: how to name this program, where the project is, a
+progress bar, and argument converters."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from backline.core.console import err
+from backline.core.errors import UsageError
+
+
+def cli_name() -> str:
+    """How to call this very `backline` in a command we print: plain `backline` when that is
+    what the shell finds on PATH, else the full path of the running one (say, `make demo` runs
+    .venv/bin/backline without an activated venv, and the printed command must still work)."""
+    running = Path(sys.argv[0])
+    if running.name != "backline":
+        return "backline"  # python -m backline.cli, or a test calling main()
+    found = shutil.which("backline")
+    if found and Path(found).resolve() == running.resolve():
+        return "backline"
+    return shlex.quote(str(running.resolve()))
+
+
+def _project(args: argparse.Namespace) -> Path:
+    from backline.core.config import find_project
+
+    if args.project is not None:
+        return find_project(Path(args.project))
+    return find_project()
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from backline.core.config import load_config
+
+    return load_config(_project(args))
+
+
+@contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[Callable[[str, float], None]]:
+    """A rich progress bar on stderr; a no-op when output is JSON or not a terminal."""
+    if not enabled:
+        yield lambda stage, done: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=1.0)
+
+        def update(stage: str, done: float) -> None:
+            bar.update(task, completed=done, description=f"{label}: {stage}")
+
+        yield update
+
+
+def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be positive, got {text!r}")
+        return value
+
+    return convert
+
+
+def _pairs(items: Sequence[str], flag: str, example: str) -> dict[str, str]:
+    """KEY=VALUE arguments as a dict; a malformed or repeated key is a usage error."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"{flag}{item!r} is not KEY=VALUE; write e.g. {flag}{example}.")
+        if key in pairs:
+            raise UsageError(
+                f"{flag}{key} is given twice ({pairs[key]!r} and {value!r}); give each key once."
+            )
+        pairs[key] = value
+    return pairs
