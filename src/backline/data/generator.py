@@ -35,7 +35,6 @@ names; `new_fraud` leaves the transactions untouched and changes only labels.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,6 +49,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from backline.core.errors import UsageError
+from backline.core.files import atomic_path
 from backline.data.drift import NEW_FRAUD_SEGMENTS, DriftChange, parse_drift
 
 __all__ = [
@@ -1036,16 +1036,12 @@ def write_generated(data: GeneratedData, out_dir: Path, fmt: str = "csv") -> dic
     paths: dict[str, Path] = {}
     for name, table in (("transactions", data.transactions), ("labels", data.labels)):
         path = out_dir / f"{name}.{_FORMATS[kind]}"
-        partial = path.with_name(f".{path.name}.partial")
-        try:
+        with atomic_path(path) as partial:
             if kind == "csv":
                 pacsv.write_csv(_with_iso_times(table), partial)
             elif kind == "parquet":
                 pq.write_table(table, partial, compression="zstd")
             else:
                 _write_jsonl(table, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
         paths[name] = path
     return paths

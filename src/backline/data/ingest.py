@@ -29,8 +29,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from backline.core.config import Config, SourceSpec
+from backline.core.files import fsync_file
 from backline.core.hashing import hash_rows
-from backline.data.offline_store import BatchRecord, OfflineStore, StagedFile, fsync_file
+from backline.data.offline_store import BatchRecord, OfflineStore, StagedFile
 from backline.data.readers import LINE, content_hash, list_inputs, read_file
 from backline.data.stats import batch_stats
 from backline.data.validation import FILE, quarantine_schema, validate

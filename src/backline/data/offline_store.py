@@ -40,6 +40,7 @@ import numpy as np
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import StoreError
+from backline.core.files import fsync_dir
 from backline.core.types import DUCKDB_TYPES
 
 SCHEMA_VERSION = 2
@@ -297,7 +298,7 @@ class OfflineStore:
             if fault_point == "mid_move" and i == len(files) // 2:
                 _die()
         for folder in sorted(touched, key=lambda p: len(p.parts), reverse=True):
-            _fsync_dir(self.root / folder)  # deepest first
+            fsync_dir(self.root / folder)  # deepest first
         if fault_point == "before_commit":
             _die()
         with self._connect() as con:
@@ -453,22 +454,6 @@ def _batch(row: Sequence[object]) -> BatchRecord:
 
 def _list(paths: Sequence[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _die() -> None:

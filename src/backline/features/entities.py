@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from backline.core.config import Config
 from backline.core.errors import SchemaError, UsageError
+from backline.core.files import atomic_path
 from backline.data.offline_store import OfflineStore
 from backline.features.definitions import Definitions
 from backline.features.history import DEFAULT_TIMESTAMP
@@ -118,9 +119,8 @@ def write_entity_rows(table: pa.Table, out: Path) -> None:
     if suffix not in (".parquet", ".csv"):
         raise UsageError(f"--out {out} must end in .parquet or .csv.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    if suffix == ".parquet":
-        pq.write_table(table, partial)
-    else:
-        pacsv.write_csv(table, partial)
-    partial.replace(out)
+    with atomic_path(out) as partial:
+        if suffix == ".parquet":
+            pq.write_table(table, partial)
+        else:
+            pacsv.write_csv(table, partial)

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import SchemaError
+from backline.core.files import atomic_path
 from backline.data.offline_store import OfflineStore
 from backline.features.compile import ROW, TIME, event_bounds, view_sql
 from backline.features.definitions import Definitions, FeatureView
@@ -63,22 +64,21 @@ def write_historical_features(
 ) -> int:
     """Stream a training set from an entities file (.parquet or .csv) into a Parquet file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     rows = 0
-    writer: pq.ParquetWriter | None = None
-    try:
-        for batch in _run(cfg, defs, service, entities, timestamp_column, engine, ordered=True):
-            batch = batch.drop_columns([ROW]) if ROW in batch.schema.names else batch
-            if writer is None:
-                writer = pq.ParquetWriter(partial, batch.schema)
-            writer.write_batch(batch)
-            rows += batch.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise SchemaError(f"{entities} holds no entity rows.")
-    partial.replace(out)
+    with atomic_path(out) as partial:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for batch in _run(cfg, defs, service, entities, timestamp_column, engine, ordered=True):
+                batch = batch.drop_columns([ROW]) if ROW in batch.schema.names else batch
+                if writer is None:
+                    writer = pq.ParquetWriter(partial, batch.schema)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise SchemaError(f"{entities} holds no entity rows.")
     return rows
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backline.core.errors import InputError, IntegrityError, StoreError, UsageError
+from backline.core.files import fsync_dir
 
 CHUNK = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -106,7 +107,7 @@ class ArtifactStore:
         dest = self.path_of(staged.sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return owner
 
     def discard(self, staged: list[Staged]) -> None:
@@ -177,11 +178,3 @@ def _refuse_pickle(name: str, head: bytes) -> None:
             f"artifact {name!r} is a Python pickle, and a server never loads pickles. Save it as "
             "safetensors, TorchScript or torch.export, JSON, or Parquet."
         )
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

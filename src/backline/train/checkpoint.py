@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+from backline.core.files import fsync_dir, write_synced
+
 FORMAT = "backline.checkpoint/1"
 FILES = ("model.pt", "optimizer.pt", "trainer.pt")
 MANIFEST = "manifest.json"
@@ -99,7 +101,7 @@ class CheckpointStore:
         """Create the folder and delete leftovers of writes that never committed."""
         if not self.root.is_dir():
             self.root.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.root.parent)  # else a power cut may lose the folder, and all in it
+            fsync_dir(self.root.parent)  # else a power cut may lose the folder, and all in it
         removed = []
         for entry in self.root.iterdir():
             if entry.name.startswith((".tmp-", ".trash-")):
@@ -113,7 +115,7 @@ class CheckpointStore:
         if self.root.exists():
             for entry in sorted(self.root.iterdir()):
                 self._discard(entry)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def save(self, snapshot: Snapshot, *, background: bool = True) -> None:
         """Commit `snapshot` as step-N: serialized here, written in a thread unless
@@ -156,7 +158,7 @@ class CheckpointStore:
         for i, file in enumerate(FILES):
             _fault("slow", snapshot.step)
             data = blobs[file]
-            _write_synced(tmp / file, data)
+            write_synced(tmp / file, data)
             files[file] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             if i == 0:
                 _fault("after_first_file", snapshot.step)
@@ -169,8 +171,8 @@ class CheckpointStore:
             "created_unix": time.time(),
         }
         _fault("slow", snapshot.step)
-        _write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-        _fsync_dir(tmp)
+        write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        fsync_dir(tmp)
         if self.before_commit is not None:
             self.before_commit()
         _fault("before_rename", snapshot.step)
@@ -178,7 +180,7 @@ class CheckpointStore:
         if final.exists():  # a damaged copy of this step (a good one would have been resumed)
             self._discard(final)
         os.rename(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.last_saved = final
         _fault("after_rename", snapshot.step)
         for old in self.committed()[: -self.keep]:
@@ -257,21 +259,6 @@ def load_checkpoint(path: Path) -> Loaded:
     raw_meta = manifest.get("meta")
     meta = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
     return Loaded(path, int(step), int(manifest.get("world_size", 1)), meta, payloads)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fault(stage: str, step: int) -> None:

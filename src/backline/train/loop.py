@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from backline.core.errors import TrainingInterrupted
+from backline.core.files import atomic_path, write_text_atomic
 from backline.train.checkpoint import CheckpointStore, Loaded, Snapshot, load_checkpoint
 from backline.train.distributed import DistContext
 from backline.train.model import ModelConfig
@@ -45,13 +46,11 @@ from backline.train.state import (
     DataOrder,
     LossLog,
     WarmupCosine,
-    fsync_dir,
     on_cpu,
     parameter_sha256,
     rng_state,
     seed_everything,
     set_rng_state,
-    write_text_atomic,
 )
 
 LOSS_LOG = "loss.log"
@@ -113,12 +112,8 @@ class TensorData:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        torch.save({"x_num": self.x_num, "x_cat": self.x_cat, "y": self.y}, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        with atomic_path(path) as tmp:
+            torch.save({"x_num": self.x_num, "x_cat": self.x_cat, "y": self.y}, tmp)
 
     @classmethod
     def load(cls, path: Path) -> TensorData:

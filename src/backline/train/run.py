@@ -40,6 +40,7 @@ import torch
 
 from backline.core.config import Config
 from backline.core.errors import ConfigError, StoreError, TrainingFailed, UsageError
+from backline.core.files import write_text_atomic
 from backline.package.metrics import HoldoutMetrics, evaluate
 from backline.package.preprocess import Preprocessor
 from backline.train.checkpoint import CheckpointDamaged, CheckpointStore, load_checkpoint
@@ -60,7 +61,7 @@ from backline.train.loop import (
     reset_run_dir,
 )
 from backline.train.model import ModelConfig, pos_weight
-from backline.train.state import parameter_sha256, write_text_atomic
+from backline.train.state import parameter_sha256
 
 RUNS_DIR = Path(".backline") / "runs"
 RESUME_MODES = ("auto", "never")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from backline.core.errors import ConfigError
+from backline.core.files import write_text_atomic
 
 
 class WarmupCosine:
@@ -174,25 +175,3 @@ def read_loss_log_lines(path: Path) -> list[str]:
 
 def read_loss_log(path: Path) -> list[tuple[int, float]]:
     return [(int(a), float.fromhex(b)) for a, b in map(str.split, read_loss_log_lines(path))]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text`: the old content or the new, also after a power cut. The
-    folder is fsynced after the rename, else the new name may be lost while data written to
-    the new file through an open descriptor (the loss log after its cut-back) is not."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of folder `path` (creations, renames, deletions) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
