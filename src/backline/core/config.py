@@ -13,7 +13,6 @@ for example ``BACKLINE_ONLINE_URI=redis://127.0.0.1:6379/0``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import tomllib
@@ -27,6 +26,7 @@ from typing import Any
 
 from backline.core.durations import parse_duration, parse_utc
 from backline.core.errors import BacklineError, ConfigError
+from backline.core.suggest import did_you_mean
 from backline.core.types import COLUMN_TYPES
 from backline.core.uris import StoreURI, parse_uri
 
@@ -714,6 +714,4 @@ def _wrong_type(key: str, value: Any, expected: str, where: str = CONFIG_FILE) -
     return ConfigError(f"{where}: {key} = {value!r} must be {expected}. {fix}")
 
 
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+_suggest = did_you_mean  # the one "Did you mean" hint (core/suggest.py)

@@ -24,7 +24,6 @@ DATE; without one it reuses the previous part's DATE. KIND=VALUE is one of
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import numbers
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from backline.core.errors import DriftSpecError
+from backline.core.suggest import did_you_mean
 
 DRIFT_KINDS: tuple[str, ...] = (
     "amount_scale",
@@ -56,11 +56,6 @@ _EXAMPLES: dict[str, str] = {
     "new_category": "2026-01-15:new_category=crypto:0.05",
     "new_fraud": "2026-01-15:new_fraud=account_takeover:0.3",
 }
-
-
-def _did_you_mean(value: object, options: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(value), options, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -96,7 +91,7 @@ class DriftChange:
         if self.kind not in DRIFT_KINDS:
             raise DriftSpecError(
                 f"unknown drift kind {self.kind!r}; use one of {', '.join(DRIFT_KINDS)}, "
-                f"e.g. {_EXAMPLES['amount_scale']!r}.{_did_you_mean(self.kind, DRIFT_KINDS)}"
+                f"e.g. {_EXAMPLES['amount_scale']!r}.{did_you_mean(self.kind, DRIFT_KINDS)}"
             )
         value = self.value
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -133,7 +128,7 @@ class DriftChange:
         if allowed is not None and target not in allowed:
             raise DriftSpecError(
                 f"{kind} target {target!r} is not known; use one of {', '.join(allowed)}, "
-                f"e.g. {example!r}.{_did_you_mean(target, allowed)}"
+                f"e.g. {example!r}.{did_you_mean(target, allowed)}"
             )
         if kind == "new_category":
             if target in MERCHANT_CATEGORIES:
@@ -204,7 +199,7 @@ def _parse_part(part: str, start: datetime | None) -> DriftChange:
     if kind not in DRIFT_KINDS:
         raise DriftSpecError(
             f"drift spec {part!r}: unknown kind {kind!r}; use one of {', '.join(DRIFT_KINDS)}, "
-            f"e.g. {_EXAMPLES['amount_scale']!r}.{_did_you_mean(kind, DRIFT_KINDS)}"
+            f"e.g. {_EXAMPLES['amount_scale']!r}.{did_you_mean(kind, DRIFT_KINDS)}"
         )
     value_text = value_text.strip()
     target: str | None = None

@@ -39,6 +39,7 @@ from typing import Any
 
 from backline.core.durations import format_duration, parse_duration
 from backline.core.errors import SchemaError
+from backline.core.suggest import did_you_mean
 
 AGGREGATES = ("count", "sum", "mean", "min", "max", "stddev", "count_distinct")
 NUMERIC_AGGREGATES = ("sum", "mean", "min", "max", "stddev")
@@ -409,12 +410,9 @@ def _add(table: dict[str, Any], name: str, obj: object, kind: str) -> None:
 
 
 def _unknown(kind: str, name: str, known: Mapping[str, Any]) -> Exception:
-    import difflib
-
     from backline.core.errors import NotFoundError
 
-    close = difflib.get_close_matches(name, list(known), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, known)
     return NotFoundError(
         f"unknown {kind} {name!r}.{hint} Defined in features.py: {', '.join(known) or '(none)'}."
     )
