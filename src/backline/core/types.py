@@ -15,6 +15,16 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "date": pa.date32(),
 }
 
+FEATURE_KINDS: dict[str, str] = {"int": "int64", "float": "float64"}
+"""The value kinds of computed features (aggregates, on-demand outputs) and the column type each
+is stored as."""
+
+
+def arrow_type(kind: str) -> pa.DataType:
+    """The Arrow type of a column type (`COLUMN_TYPES`) or a feature value kind (int, float)."""
+    return ARROW_TYPES[FEATURE_KINDS.get(kind, kind)]
+
+
 DUCKDB_TYPES: dict[str, str] = {
     "string": "VARCHAR",
     "int64": "BIGINT",
