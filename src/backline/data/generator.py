@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from backline.core.errors import UsageError
+from backline.core.errors import InvalidArgument
 from backline.core.files import atomic_path
 from backline.data.drift import NEW_FRAUD_SEGMENTS, DriftChange, parse_drift
 
@@ -199,7 +199,7 @@ class GeneratorConfig:
     drift     changes from `parse_drift`; each must start inside the window
     corrupt   fraction (0 to 0.5) of transaction rows given realistic bad values
 
-    Invalid values raise UsageError saying which value is wrong and what to pass instead.
+    Invalid values raise InvalidArgument saying which value is wrong and what to pass instead.
     """
 
     days: int = 30
@@ -216,16 +216,16 @@ class GeneratorConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise UsageError(
+                raise InvalidArgument(
                     f"generator {name}={value!r} is out of range; "
                     f"pass a whole number from {low} to {high}, e.g. {name}={example}."
                 )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(
+            raise InvalidArgument(
                 f"generator seed={self.seed!r} is invalid; pass a non-negative whole number."
             )
         if not isinstance(self.start, datetime) or self.start.utcoffset() is None:
-            raise UsageError(
+            raise InvalidArgument(
                 f"generator start={self.start!r} has no time zone; pass a tz-aware datetime "
                 "such as datetime(2026, 1, 1, tzinfo=UTC) or 2026-01-01T00:00:00Z."
             )
@@ -236,7 +236,7 @@ class GeneratorConfig:
             or not isinstance(corrupt, int | float)
             or not (0.0 <= corrupt <= 0.5)
         ):
-            raise UsageError(
+            raise InvalidArgument(
                 f"generator corrupt={corrupt!r} is out of range; pass a fraction from 0 to 0.5, "
                 "e.g. corrupt=0.01."
             )
@@ -245,19 +245,19 @@ class GeneratorConfig:
         end = self.end
         for change in drift:
             if not isinstance(change, DriftChange):
-                raise UsageError(
+                raise InvalidArgument(
                     f"generator drift item {change!r} is not a DriftChange; "
                     "build the changes with parse_drift('2026-01-15:amount_scale=1.6')."
                 )
             if not self.start <= change.start < end:
-                raise UsageError(
+                raise InvalidArgument(
                     f"drift {change.kind} starts at {change.start.isoformat()}, outside the "
                     f"generated window {self.start.isoformat()} .. {end.isoformat()}; "
                     "pick a date inside it or change start/days."
                 )
         new_categories = {c.target for c in drift if c.kind == "new_category"}
         if len(new_categories) > _MAX_NEW_CATEGORIES:
-            raise UsageError(
+            raise InvalidArgument(
                 f"drift adds {len(new_categories)} new categories; "
                 f"use at most {_MAX_NEW_CATEGORIES}."
             )
@@ -1028,7 +1028,7 @@ def write_generated(data: GeneratedData, out_dir: Path, fmt: str = "csv") -> dic
     """
     kind = fmt.lower() if isinstance(fmt, str) else fmt
     if kind not in _FORMATS:
-        raise UsageError(
+        raise InvalidArgument(
             f"output format {fmt!r} is not supported; use one of {', '.join(_FORMATS)}."
         )
     out_dir = Path(out_dir)

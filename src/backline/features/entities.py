@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from backline.core.config import Config
-from backline.core.errors import SchemaError, UsageError
+from backline.core.errors import InvalidArgument, SchemaError
 from backline.core.files import atomic_path
 from backline.data.offline_store import OfflineStore
 from backline.features.definitions import Definitions
@@ -76,9 +76,9 @@ def entity_rows(
     out (no feature can be joined to them). `limit` keeps the first N."""
     cols = entity_columns(cfg, defs, service, source)
     if start is not None and end is not None and start >= end:
-        raise UsageError(f"--start {start.isoformat()} is not before --end {end.isoformat()}.")
+        raise InvalidArgument(f"--start {start.isoformat()} is not before --end {end.isoformat()}.")
     if limit is not None and limit <= 0:
-        raise UsageError(f"--limit must be positive, got {limit}.")
+        raise InvalidArgument(f"--limit must be positive, got {limit}.")
     store = OfflineStore.open(cfg)
     con = store.connect_duckdb([cfg.source(cols.source)])
     try:
@@ -117,7 +117,7 @@ def write_entity_rows(table: pa.Table, out: Path) -> None:
     failed write leaves nothing half-written."""
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".csv"):
-        raise UsageError(f"--out {out} must end in .parquet or .csv.")
+        raise InvalidArgument(f"--out {out} must end in .parquet or .csv.")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as partial:
         if suffix == ".parquet":

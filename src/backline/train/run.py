@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from backline.core.config import Config
-from backline.core.errors import ConfigError, StoreError, TrainingFailed, UsageError
+from backline.core.errors import ConfigError, InvalidArgument, StoreError, TrainingFailed
 from backline.core.files import write_text_atomic
 from backline.package.metrics import HoldoutMetrics, evaluate
 from backline.package.preprocess import Preprocessor
@@ -125,11 +125,11 @@ def run_training(
     `on_progress` receives the same figures after every step (one process only: nproc=1).
     """
     if resume not in RESUME_MODES:
-        raise UsageError(f"--resume {resume!r} is not a mode; use auto or never.")
+        raise InvalidArgument(f"--resume {resume!r} is not a mode; use auto or never.")
     if nproc < 1:
-        raise UsageError(f"--nproc {nproc}: run at least one worker.")
+        raise InvalidArgument(f"--nproc {nproc}: run at least one worker.")
     if max_steps is not None and max_steps < 1:
-        raise UsageError(f"--max-steps {max_steps}: train at least one step.")
+        raise InvalidArgument(f"--max-steps {max_steps}: train at least one step.")
     check_device(device, nproc)
     t = cfg.train
     ts = build_training_set(cfg, service=service)
