@@ -15,8 +15,9 @@ import duckdb
 import pytest
 
 from backline.core.config import Config, load_config
+from backline.core.faults import FAULT_ENV, kill_at
 from backline.core.workspace import init_project
-from backline.data.ingest import FAULT_ENV, ingest
+from backline.data.ingest import ingest
 from backline.data.offline_store import OfflineStore
 from tests.data.helpers import row, write_csv
 
@@ -35,7 +36,7 @@ def snapshot(cfg: Config) -> tuple:
 def run_ingest(project: Path, path: Path, fault: str | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     if fault:
-        env[FAULT_ENV] = fault
+        env[FAULT_ENV] = kill_at(fault)
     return subprocess.Popen(
         [
             sys.executable,
@@ -59,7 +60,9 @@ def seeded(cfg: Config, tmp_path: Path) -> Config:
     return cfg
 
 
-@pytest.mark.parametrize("fault", ["after_staging", "mid_move", "before_commit"])
+@pytest.mark.parametrize(
+    "fault", ["ingest_after_staging", "ingest_mid_move", "ingest_before_commit"]
+)
 def test_kill_at_each_step_of_the_commit(
     seeded: Config, project: Path, tmp_path: Path, fault: str
 ) -> None:

@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 
 from backline.core.config import Config
 from backline.core.errors import NotFoundError
+from backline.core.faults import FAULT_ENV, kill_at
 from backline.registry import Registry, open_registry
 from backline.registry import schema as s
 from backline.registry.artifacts import ArtifactStore
-from backline.registry.store import FAULT_ENV
 from tests.registry.conftest import lineage, make_files
 
 
@@ -112,7 +112,7 @@ def test_killed_register_leaves_nothing_visible(
                      lineage(), actor="doomed")
         """
     )
-    env = {**os.environ, FAULT_ENV: "registry_before_commit"}
+    env = {**os.environ, FAULT_ENV: kill_at("registry_before_commit")}
     if reg_cfg.registry.uri.startswith("postgresql"):
         env["BACKLINE_REGISTRY_URI"] = reg_cfg.registry.uri
     else:

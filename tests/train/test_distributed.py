@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backline.core.faults import kill_at, pause_at
 from backline.train.checkpoint import CheckpointStore
 from backline.train.distributed import torchrun_command
 from backline.train.distributed import worker_env as torchrun_env
@@ -78,7 +79,7 @@ def test_killed_worker_restarts_the_group_and_ends_bitwise(
     tmp_path: Path, reference: Path, victim: int
 ) -> None:
     prepare_run_dir(tmp_path, SPEC, synthetic_data())
-    proc = start(tmp_path, max_restarts=3, BACKLINE_TEST_FAULT="checkpoint_slow=0.003")
+    proc = start(tmp_path, max_restarts=3, BACKLINE_TEST_FAULT=pause_at("checkpoint_slow", 0.003))
     try:
         target = random.Random(victim).randint(40, 120)
         wait_for(lambda: logged_step(tmp_path) >= target or proc.poll() is not None)
@@ -101,7 +102,9 @@ def test_killed_worker_restarts_the_group_and_ends_bitwise(
 
 def test_a_two_worker_checkpoint_resumes_on_one(tmp_path: Path) -> None:
     prepare_run_dir(tmp_path, SPEC, synthetic_data())
-    proc = start(tmp_path, max_restarts=0, BACKLINE_TEST_FAULT="checkpoint_kill=after_rename@100")
+    proc = start(
+        tmp_path, max_restarts=0, BACKLINE_TEST_FAULT=kill_at("checkpoint_after_rename", 100)
+    )
     code, out = finish(proc)
     assert code != 0, out
     loaded, _ = CheckpointStore(tmp_path / "checkpoints", keep=2).load_latest()

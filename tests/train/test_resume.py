@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from backline.core.faults import FAULT_ENV, kill_at, pause_at
 from backline.train.checkpoint import CheckpointStore
 from backline.train.loop import LOSS_LOG, prepare_run_dir
 
@@ -56,12 +57,12 @@ def test_killed_anywhere_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     kills, during_write = 0, 0
     for mode in PLAN:
         resume = _newest_good_step(run)
-        env = worker_env(BACKLINE_TEST_FAULT="checkpoint_slow=0.004")
+        env = worker_env(BACKLINE_TEST_FAULT=pause_at("checkpoint_slow", 0.004))
         if mode.startswith("checkpoint:"):
             stage = mode.split(":")[1]
             at = (resume // spec.checkpoint_every + rng.randint(1, 3)) * spec.checkpoint_every
             at = min(at, spec.max_steps)
-            env["BACKLINE_TEST_FAULT"] = f"checkpoint_kill={stage}@{at}"
+            env[FAULT_ENV] = kill_at(f"checkpoint_{stage}", at)
         proc = subprocess.Popen(worker_command(run), env=env, stderr=subprocess.PIPE, text=True)
         try:
             if mode.startswith("checkpoint:"):

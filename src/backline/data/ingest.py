@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from backline.core.config import Config, SourceSpec
+from backline.core.faults import maybe_fail
 from backline.core.files import fsync_file
 from backline.core.hashing import hash_rows
 from backline.data.offline_store import BatchRecord, OfflineStore, StagedFile
@@ -37,7 +37,6 @@ from backline.data.stats import batch_stats
 from backline.data.validation import FILE, quarantine_schema, validate
 
 Progress = Callable[[str, float], None]
-FAULT_ENV = "BACKLINE_TEST_FAULT"  # after_staging | mid_move | before_commit (tests only)
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,6 @@ def _stage_and_commit(
 ) -> BatchRecord:
     """Read, validate and stage every file, then commit them as one batch."""
     source = spec.name
-    fault = os.environ.get(FAULT_ENV)
     accepted_parts: list[pa.Table] = []
     quarantined_parts: list[pa.Table] = []
     staged: list[StagedFile] = []
@@ -172,8 +170,7 @@ def _stage_and_commit(
         staged.append(_write_quarantine(quarantined, spec, staging, batch_id, now))
     for item in staged:
         fsync_file(item.staged)
-    if fault == "after_staging":
-        os.kill(os.getpid(), 9)
+    maybe_fail("ingest_after_staging")
     rows_in = accepted.num_rows + quarantined.num_rows
     record = BatchRecord(
         batch_id=batch_id,
@@ -190,7 +187,7 @@ def _stage_and_commit(
         ingested_at=now.isoformat(),
     )
     tick("committing", 0.97)
-    store.commit(record, staged, stats, fault_point=fault)
+    store.commit(record, staged, stats)
     tick("done", 1.0)
     return record
 

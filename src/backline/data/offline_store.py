@@ -40,6 +40,7 @@ import numpy as np
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import StoreError
+from backline.core.faults import maybe_fail
 from backline.core.files import fsync_dir
 from backline.core.types import DUCKDB_TYPES
 
@@ -284,7 +285,6 @@ class OfflineStore:
         batch: BatchRecord,
         files: Sequence[StagedFile],
         stats: dict[str, dict[str, object]],
-        fault_point: str | None = None,
     ) -> None:
         """Move staged files into place, then make the batch visible in one transaction."""
         touched: set[Path] = set()
@@ -295,12 +295,11 @@ class OfflineStore:
             # the file's folder, and every folder up to the root: a folder made by this batch
             # (or by a killed writer, never synced) is an entry in its parent
             touched.update(target.relative_to(self.root).parents)
-            if fault_point == "mid_move" and i == len(files) // 2:
-                _die()
+            if i == len(files) // 2:
+                maybe_fail("ingest_mid_move")
         for folder in sorted(touched, key=lambda p: len(p.parts), reverse=True):
             fsync_dir(self.root / folder)  # deepest first
-        if fault_point == "before_commit":
-            _die()
+        maybe_fail("ingest_before_commit")
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             con.execute(
@@ -454,8 +453,3 @@ def _batch(row: Sequence[object]) -> BatchRecord:
 
 def _list(paths: Sequence[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-
-def _die() -> None:
-    """Fault injection for the atomicity tests: vanish as a SIGKILL would."""
-    os.kill(os.getpid(), 9)

@@ -15,8 +15,6 @@ every alias move is logged with the pointer it replaced.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from backline.core.config import Config
 from backline.core.errors import GateFailed, InvalidArgument, NotFoundError, SchemaError, StoreError
+from backline.core.faults import maybe_fail
 from backline.registry import schema as s
 from backline.registry.artifacts import ArtifactStore
 from backline.registry.db import Database
@@ -51,7 +50,6 @@ from backline.registry.records import (
 )
 
 CHAMPION = "champion"
-FAULT_ENV = "BACKLINE_TEST_FAULT"  # registry_before_commit: SIGKILL there (tests only)
 _ADVISORY_KEY = 0x6261636B6C696E65  # "backline": serializes schema creation on PostgreSQL
 
 VersionRef = int | str
@@ -198,7 +196,7 @@ class Registry:
                                 size=item.size,
                             )
                         )
-                    _fault("registry_before_commit")
+                    maybe_fail("registry_before_commit")
                 except BaseException:
                     # Still inside the transaction: nobody else can have claimed these blobs yet.
                     for sha in created:
@@ -642,8 +640,3 @@ def _version(model: str, row: Row[Any], files: list[ArtifactInfo]) -> ModelVersi
         artifacts=tuple(files),
         lineage=Lineage.from_columns(row._mapping),
     )
-
-
-def _fault(step: str) -> None:
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -24,22 +24,20 @@ Loading (`load_latest`): newest first, every file is read, its size and sha256 c
 the manifest and only then unpickled with `torch.load(weights_only=True)`. A damaged, truncated
 or partial checkpoint is skipped with a note and the previous one is tried.
 
-Tests inject faults with BACKLINE_TEST_FAULT (comma-separated):
+Tests inject faults through backline.core.faults (BACKLINE_TEST_FAULT, comma-separated):
     checkpoint_slow=SECONDS          sleep before each write stage
-    checkpoint_kill=STAGE@STEP       SIGKILL this process at STAGE of the save of step STEP;
+    checkpoint_STAGE@STEP            SIGKILL this process at STAGE of the save of step STEP;
                                      STAGE is after_first_file, before_rename or after_rename
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,12 +47,12 @@ from typing import Any
 
 import torch
 
+from backline.core.faults import maybe_fail
 from backline.core.files import fsync_dir, write_synced
 
 FORMAT = "backline.checkpoint/1"
 FILES = ("model.pt", "optimizer.pt", "trainer.pt")
 MANIFEST = "manifest.json"
-FAULT_ENV = "BACKLINE_TEST_FAULT"
 _NAME = re.compile(r"^step-(\d{9})$")
 
 
@@ -156,12 +154,12 @@ class CheckpointStore:
         tmp.mkdir(parents=True)
         files: dict[str, dict[str, Any]] = {}
         for i, file in enumerate(FILES):
-            _fault("slow", snapshot.step)
+            maybe_fail("checkpoint_slow")
             data = blobs[file]
             write_synced(tmp / file, data)
             files[file] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             if i == 0:
-                _fault("after_first_file", snapshot.step)
+                maybe_fail("checkpoint_after_first_file", snapshot.step)
         manifest = {
             "format": FORMAT,
             "step": snapshot.step,
@@ -170,19 +168,19 @@ class CheckpointStore:
             "meta": dict(snapshot.meta),
             "created_unix": time.time(),
         }
-        _fault("slow", snapshot.step)
+        maybe_fail("checkpoint_slow")
         write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         fsync_dir(tmp)
         if self.before_commit is not None:
             self.before_commit()
-        _fault("before_rename", snapshot.step)
+        maybe_fail("checkpoint_before_rename", snapshot.step)
         final = self.root / name
         if final.exists():  # a damaged copy of this step (a good one would have been resumed)
             self._discard(final)
         os.rename(tmp, final)
         fsync_dir(self.root)
         self.last_saved = final
-        _fault("after_rename", snapshot.step)
+        maybe_fail("checkpoint_after_rename", snapshot.step)
         for old in self.committed()[: -self.keep]:
             self._discard(old)
 
@@ -259,17 +257,3 @@ def load_checkpoint(path: Path) -> Loaded:
     raw_meta = manifest.get("meta")
     meta = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
     return Loaded(path, int(step), int(manifest.get("world_size", 1)), meta, payloads)
-
-
-def _fault(stage: str, step: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "checkpoint_slow" and stage == "slow":
-            time.sleep(float(value))
-        elif key == "checkpoint_kill" and value == f"{stage}@{step}":
-            with contextlib.suppress(OSError):
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(60)  # pragma: no cover - the kill lands first
