@@ -12,7 +12,6 @@ and the reference profile monitoring will compare live traffic with.
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from backline.core.actor import audit_actor
 from backline.core.config import Config
 from backline.core.errors import NotFoundError, StoreError
 from backline.core.uris import check_reachable
@@ -139,7 +139,7 @@ def _package_and_register(
             model_name,
             pkg.artifacts(),
             lineage,
-            actor=actor or _actor(),
+            actor=audit_actor(actor),
             description=f"run {result.run_id}: {result.steps} steps on {ts.train.num_rows:,} examples",
         )
     return Registered(result, pkg, version)
@@ -246,10 +246,3 @@ def _reference_profile(ts: TrainingSet, folder: Path) -> ReferenceProfile:
         SCORE, pa.array(np.asarray(scores, dtype=np.float64))
     )
     return profile_from_arrow(table, SCORE)
-
-
-def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # pragma: no cover - no user database in some containers
-        return "backline"
