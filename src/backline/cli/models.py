@@ -19,7 +19,6 @@ registry itself may import.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from backline.cli.common import _config
+from backline.core.actor import audit_actor
 from backline.core.console import out
 from backline.core.errors import UsageError
 
@@ -429,12 +429,7 @@ def _registry(args: argparse.Namespace) -> Registry:
 
 
 def _actor(args: argparse.Namespace) -> str:
-    if args.actor:
-        return str(args.actor)
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        return "unknown"
+    return audit_actor(args.actor)
 
 
 def _print_event(event: Any, as_json: bool) -> int:
