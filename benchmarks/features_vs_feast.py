@@ -417,21 +417,24 @@ def bl_materialize(job: dict) -> dict:
 
 
 def bl_online(job: dict) -> dict:
-    from backline.features.online import get_online_features
+    from backline.features.online import ReadPlan, get_online_features, open_online_store
 
     cfg, defs = _backline(job)
     out: dict[str, Any] = {}
-    for case, ids in job["requests"].items():
-        rows = [[{"card_id": c} for c in request] for request in ids]
+    with open_online_store(cfg) as store:  # opened once, as a server holds it
+        plan = ReadPlan(cfg, defs, SERVICE)
+        for case, ids in job["requests"].items():
+            rows = [[{"card_id": c} for c in request] for request in ids]
 
-        def call(entity_rows: list[dict]) -> Any:
-            return get_online_features(cfg, defs, SERVICE, entity_rows).to_dicts()
+            def call(entity_rows: list[dict]) -> Any:
+                found = get_online_features(cfg, defs, SERVICE, entity_rows, store=store, plan=plan)
+                return found.to_dicts()
 
-        latencies = latency_loop(call, rows, job["warmup"][case])
-        answers = []
-        for entity_rows in rows[:ONLINE_SAMPLE_REQUESTS]:
-            answers.append([[_clean(d.get(f)) for f in FEATURES] for d in call(entity_rows)])
-        out[case] = {"latency": percentiles(latencies), "answers": answers}
+            latencies = latency_loop(call, rows, job["warmup"][case])
+            answers = []
+            for entity_rows in rows[:ONLINE_SAMPLE_REQUESTS]:
+                answers.append([[_clean(d.get(f)) for f in FEATURES] for d in call(entity_rows)])
+            out[case] = {"latency": percentiles(latencies), "answers": answers}
     return out
 
 

@@ -81,15 +81,15 @@ GROUPS = (
     Group(
         "online reads",
         {
-            "src/backline/features/online.py": (
+            "src/backline/features/online/read.py": (
                 "tests/features/test_online.py",
                 "tests/features/test_materialize.py",
             ),
-            "src/backline/features/online_codec.py": (
+            "src/backline/features/online/codec.py": (
                 "tests/features/test_online.py",
                 "tests/features/test_materialize.py",
             ),
-            "src/backline/features/online_sqlite.py": (
+            "src/backline/features/online/sqlite_store.py": (
                 "tests/features/test_online.py",
                 "tests/features/test_materialize.py",
             ),

@@ -23,7 +23,7 @@ from backline.core.workspace import init_project
 from backline.data.generator import TRANSACTIONS_SCHEMA
 from backline.data.ingest import IngestResult, ingest
 from backline.features.definitions import Definitions
-from backline.features.online_store import open_online_store
+from backline.features.online import open_online_store
 from backline.features.repository import apply, load_definitions, resolve_service
 from tests.conftest import REDIS_URL
 

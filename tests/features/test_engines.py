@@ -334,7 +334,7 @@ def test_materialized_values_are_identical_on_both_engines(
     import dataclasses
 
     from backline.features.materialize import materialize
-    from backline.features.online import clear_caches, get_online_features
+    from backline.features.online import get_online_features
 
     cfg, defs, entities = fraud
     end = T0 + timedelta(days=2)
@@ -345,7 +345,6 @@ def test_materialized_values_are_identical_on_both_engines(
             features=dataclasses.replace(cfg.features, engine=engine),
             online=dataclasses.replace(cfg.online, uri=f"sqlite:///{tmp_path}/{engine}.db"),
         )
-        clear_caches()
         result = materialize(variant, defs, end=end)
         assert result.entities > 0
         rows = [

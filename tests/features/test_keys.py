@@ -24,7 +24,6 @@ from backline.core.config import Config, load_config
 from backline.core.errors import SchemaError
 from backline.core.workspace import init_project
 from backline.data.ingest import ingest
-from backline.features import online
 from backline.features.definitions import Definitions
 from backline.features.history import get_historical_features
 from backline.features.materialize import materialize
@@ -187,7 +186,6 @@ def test_tied_rows_go_to_the_larger_key_in_its_own_type(tmp_path: Path, shape: s
         got = get_online_features(cfg, defs, "svc", [want], at=T0).to_dicts()[0]
         assert got["last_v"] == 10.0, (shape, got)
         check(cfg, defs, rows, shape)
-    online.clear_caches()
 
 
 @pytest.mark.slow
@@ -259,7 +257,6 @@ def test_online_equals_offline_with_typed_keys(
         if not incremental:
             materialize(cfg, defs)
         check(cfg, defs, rows, shape)
-        online.clear_caches()
 
 
 @pytest.mark.spark
@@ -280,7 +277,6 @@ def test_spark_breaks_ties_like_duckdb_and_the_online_store(tmp_path: Path, shap
     load(cfg, rows, INGESTED)
     materialize(cfg, defs)
     check(cfg, defs, rows, shape, engine="spark")
-    online.clear_caches()
 
 
 def test_a_timestamp_key_reads_alike_from_a_datetime_or_iso_text(tmp_path: Path) -> None:
@@ -304,4 +300,3 @@ def test_a_timestamp_key_reads_alike_from_a_datetime_or_iso_text(tmp_path: Path)
     for bad in (opened.replace(tzinfo=None), "2026-01-01T11:59:59", "yesterday", 1.5):
         with pytest.raises(SchemaError, match=r"timestamp join-key value .* tz-aware datetime"):
             get_online_features(cfg, defs, "svc", [{"opened": bad, "shop": "a"}], at=T0)
-    online.clear_caches()

@@ -20,14 +20,19 @@ from hypothesis import strategies as st
 from backline.core.config import Config, load_config
 from backline.core.errors import NotFoundError, SchemaError, StoreError, UsageError
 from backline.data.offline_store import OfflineStore
-from backline.features import online, online_redis, online_sqlite
 from backline.features.definitions import Definitions
 from backline.features.history import get_historical_features
 from backline.features.materialize import materialize, push
-from backline.features.online import OnlineRangeError, get_online_features, open_online_store
-from backline.features.online_codec import PlainCodec, layout_of, to_us
-from backline.features.online_state import SourceRows, view_state
-from backline.features.online_store import FAULT_ENV
+from backline.features.online import (
+    OnlineRangeError,
+    get_online_features,
+    open_online_store,
+    redis_store,
+    sqlite_store,
+)
+from backline.features.online.codec import PlainCodec, layout_of, to_us
+from backline.features.online.state import SourceRows, view_state
+from backline.features.online.store import FAULT_ENV
 from backline.features.repository import load_definitions, require_applied
 from tests.features.online_support import (
     INGESTED,
@@ -52,7 +57,6 @@ def proj(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Confi
     cfg, defs = make_project(tmp_path / "p", redis=request.param)
     with cleaned(cfg):
         yield cfg, defs
-    online.clear_caches()
 
 
 def dump(cfg: Config, defs: Definitions) -> dict[str, Any]:
@@ -293,7 +297,6 @@ def test_ttl_none_never_expires_and_an_omitted_ttl_is_30_days(tmp_path: Path) ->
         assert got.status(0, "last_country") == "ok"
         assert got.age("last_amount")[0] == pytest.approx(401 * 86400)
     assert_matches(got.to_dicts()[0], reference(defs, "test_v1", rows, entity, at, {"amount": 1.0}))
-    online.clear_caches()
 
 
 def test_push_makes_a_new_event_visible_in_the_next_read(proj: tuple[Config, Definitions]) -> None:
@@ -362,8 +365,8 @@ def test_a_failure_mid_run_keeps_finished_views_and_the_rerun_does_the_rest(
         if len(calls) == 3:
             raise RuntimeError("injected failure before commit")
 
-    monkeypatch.setattr(online_sqlite, "fault_point", fail_third)
-    monkeypatch.setattr(online_redis, "fault_point", fail_third)
+    monkeypatch.setattr(sqlite_store, "fault_point", fail_third)
+    monkeypatch.setattr(redis_store, "fault_point", fail_third)
     with pytest.raises(RuntimeError, match="injected"):
         materialize(cfg, defs, incremental=True)
     state = dump(cfg, defs)
@@ -518,7 +521,6 @@ def _property(
             )
         if before:
             _read_before_the_latest_event(cfg, defs, rows, entities, at - minutes(before))
-    online.clear_caches()
 
 
 def _read_before_the_latest_event(

@@ -18,10 +18,9 @@ import pytest
 from backline.core.config import Config
 from backline.core.errors import NotFoundError, SchemaError, StoreError, UsageError
 from backline.core.hashing import hash_values
-from backline.features import online
 from backline.features.definitions import Definitions
 from backline.features.materialize import materialize
-from backline.features.online import get_online_features, open_online_store
+from backline.features.online import ReadPlan, get_online_features, open_online_store
 from backline.features.repository import load_definitions
 from tests.features.online_support import (
     T0,
@@ -60,7 +59,6 @@ def loaded(
         ingest_rows(cfg, rows)
         materialize(cfg, defs)
         yield cfg, defs, rows
-    online.clear_caches()
 
 
 def _read(
@@ -269,7 +267,6 @@ def test_fraud_example_service_reads_every_feature(
     assert_matches(got, reference(defs, "fraud_v1", rows, entity, T0, {"amount": 40.0}))
     assert got["count_10m"] == 1 and got["amount_sum_1h"] == 40.0 and got["last_country"] == "FR"
     assert got["amount_to_mean_30d"] == 2.0
-    online.clear_caches()
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -377,30 +374,37 @@ def test_sqlite_read_is_one_statement(tmp_path: Path) -> None:
     ingest_rows(cfg, _rows())
     materialize(cfg, defs)
     entities = [{"card_id": c, "merchant_id": "m_000001"} for c in (CARD, OTHER, UNKNOWN)]
-    get_online_features(cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, at=T0)
-    store = online._store(cfg)
-    statements: list[str] = []
-    store._con().set_trace_callback(statements.append)  # type: ignore[attr-defined]
-    try:
-        out = get_online_features(
-            cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, at=T0
+    with open_online_store(cfg) as store:  # held open, with the plan, as a server holds them
+        plan = ReadPlan(cfg, defs, "test_v1")
+        kwargs: dict[str, Any] = {"at": T0, "store": store, "plan": plan}
+        get_online_features(
+            cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, **kwargs
         )
-    finally:
-        store._con().set_trace_callback(None)  # type: ignore[attr-defined]
+        statements: list[str] = []
+        store._con().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        try:
+            out = get_online_features(
+                cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, **kwargs
+            )
+        finally:
+            store._con().set_trace_callback(None)  # type: ignore[attr-defined]
     assert len(statements) == 1 and statements[0].startswith("SELECT"), statements
     assert out.column("n_1h") == [4, 1, 0]
-    online.clear_caches()
 
 
 @pytest.mark.redis
 def test_redis_read_is_one_mget(tmp_path: Path) -> None:
     cfg, defs = make_project(tmp_path / "p", redis=True)
-    with cleaned(cfg):
+    with cleaned(cfg), open_online_store(cfg) as store:
         ingest_rows(cfg, _rows())
         materialize(cfg, defs)
         entities = [{"card_id": c, "merchant_id": "m_000001"} for c in (CARD, OTHER, UNKNOWN)]
-        get_online_features(cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, at=T0)
-        client = online._store(cfg).client  # type: ignore[attr-defined]
+        plan = ReadPlan(cfg, defs, "test_v1")
+        kwargs: dict[str, Any] = {"at": T0, "store": store, "plan": plan}
+        get_online_features(
+            cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, **kwargs
+        )
+        client = store.client  # type: ignore[attr-defined]
 
         def calls() -> dict[str, int]:
             stats = client.info("commandstats")
@@ -408,13 +412,12 @@ def test_redis_read_is_one_mget(tmp_path: Path) -> None:
 
         before = calls()
         out = get_online_features(
-            cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, at=T0
+            cfg, defs, "test_v1", entities, request_rows=[{"amount": 1}] * 3, **kwargs
         )
         after = calls()
         changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
         assert changed == {"cmdstat_mget": 1}, changed
         assert out.column("n_1h") == [4, 1, 0]
-    online.clear_caches()
 
 
 # -- the codec --------------------------------------------------------------------------------

@@ -5,6 +5,9 @@
     materialize(cfg, defs, incremental=True)                # apply batches not applied yet
     push(cfg, defs, "transactions", table)                  # ingest rows, apply them now
 
+Each call opens the online store `online.uri` names and closes it, unless it is given an open
+`store` (as `backline.open`'s Project does), which it then leaves open.
+
 Stored state merges idempotently: a plain view keeps the newest row (event time, then ingest
 time, then primary key), an aggregate view keeps a set of events keyed by a hash of their
 primary key. Applying a batch twice changes nothing, so a crashed or concurrent run is safe.
@@ -17,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,9 +36,10 @@ from backline.data.ingest import ingest
 from backline.data.offline_store import BatchRecord, OfflineStore
 from backline.features.definitions import Definitions, version_of
 from backline.features.engines import Engine, open_engine
-from backline.features.online_codec import PlainCodec, ViewLayout, layout_of, merge_events, to_us
-from backline.features.online_state import load_rows, view_state
-from backline.features.online_store import OnlineStore, OnlineTransaction, open_online_store
+from backline.features.online.codec import PlainCodec, ViewLayout, layout_of, merge_events, to_us
+from backline.features.online.factory import open_online_store
+from backline.features.online.state import load_rows, view_state
+from backline.features.online.store import OnlineStore, OnlineTransaction
 from backline.features.repository import applied_versions, require_applied
 
 Progress = Callable[[str, float], None]
@@ -117,6 +122,7 @@ def materialize(
     incremental: bool = False,
     views: Sequence[str] | None = None,
     progress: Progress | None = None,
+    store: OnlineStore | None = None,
 ) -> MaterializeResult:
     """Write online state for `views` (default: every view) of the applied definitions.
 
@@ -127,7 +133,8 @@ def materialize(
     them was left out (no `start`, no event after `end`), and is emptied otherwise, so a later
     incremental run re-applies every batch (merging is idempotent) and brings all entities
     forward. `incremental` applies every committed batch not yet applied, in commit order.
-    Reads at times T at or after an entity's latest stored event are exact.
+    Reads at times T at or after an entity's latest stored event are exact. `store`: an open
+    online store to write to, left open; by default the configured one, closed afterwards.
     """
     started = time.perf_counter()
     _check_time(start, "start")
@@ -147,11 +154,33 @@ def materialize(
     versions = require_applied(cfg, defs, names)
     layouts = {n: layout_of(defs.view(n), cfg.source(defs.view(n).source)) for n in names}
     tick = progress or (lambda stage, done: None)
-    store = open_online_store(cfg)  # an unreachable store fails here, before any write
+    with _online(cfg, store) as online:  # an unreachable store fails here, before any write
+        done = _materialize(
+            online, cfg, [layouts[n] for n in names], versions, incremental, start, end, tick
+        )
+    return MaterializeResult(
+        views=tuple(done[n] for n in names),
+        start=start,
+        end=end,
+        incremental=incremental,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _materialize(
+    store: OnlineStore,
+    cfg: Config,
+    layouts: list[ViewLayout],
+    versions: dict[str, str],
+    incremental: bool,
+    start: datetime | None,
+    end: datetime | None,
+    tick: Progress,
+) -> dict[str, ViewMaterialization]:
     offline = OfflineStore.open(cfg)
     done: dict[str, ViewMaterialization] = {}
-    groups = _groups([layouts[n] for n in names])
-    with store, _engine(cfg, None) as engine:
+    groups = _groups(layouts)
+    with _engine(cfg, None) as engine:
         for g, members in enumerate(groups):
             tick(f"materializing {', '.join(m.name for m in members)}", g / len(groups))
             batches = offline.batches(members[0].source)
@@ -171,13 +200,7 @@ def materialize(
                 for r in _apply_batches(store, offline, engine, cfg, bucket, versions, chosen):
                     done[r.view] = r
         tick("done", 1.0)
-    return MaterializeResult(
-        views=tuple(done[n] for n in names),
-        start=start,
-        end=end,
-        incremental=incremental,
-        seconds=round(time.perf_counter() - started, 3),
-    )
+    return done
 
 
 def push(
@@ -187,9 +210,11 @@ def push(
     table: pa.Table,
     *,
     now: datetime | None = None,
+    store: OnlineStore | None = None,
 ) -> PushResult:
     """Append rows to `source` as a validated batch, then apply it to every applied view
-    over that source, so the next online read sees them. Quarantined rows are reported."""
+    over that source, so the next online read sees them. Quarantined rows are reported.
+    `store` as in `materialize`."""
     started = time.perf_counter()
     cfg.source(source)  # NotFoundError for an unknown source
     if not isinstance(table, pa.Table):
@@ -208,7 +233,7 @@ def push(
     skipped = tuple(v.name for v in over if v.name not in ready)
     versions = require_applied(cfg, defs, ready)
     results: list[ViewMaterialization] = []
-    with open_online_store(cfg) as store:  # unreachable: StoreError before the batch is written
+    with _online(cfg, store) as store:  # unreachable: StoreError before the batch is written
         with tempfile.TemporaryDirectory(prefix="backline-push-") as tmp:
             path = Path(tmp) / "push.parquet"  # fixed name: the same rows twice are one batch
             pq.write_table(table, path)
@@ -240,6 +265,16 @@ def push(
 
 
 # -- steps --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _online(cfg: Config, store: OnlineStore | None) -> Iterator[OnlineStore]:
+    """The caller's open store, left open; or the configured one, opened and closed here."""
+    if store is not None:
+        yield store
+        return
+    with open_online_store(cfg) as opened:
+        yield opened
 
 
 class _engine:

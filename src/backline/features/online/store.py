@@ -1,6 +1,6 @@
-"""The online store interface, and `open_online_store(cfg)` choosing SQLite or Redis by URI.
+"""The online store interface that the SQLite and Redis stores implement.
 
-Keys are (view, version, entity key). Values are the bytes of `online_codec`. Per view version
+Keys are (view, version, entity key). Values are the bytes of `codec`. Per view version
 the store also keeps the set of offline batches already applied to it (the watermark of
 incremental materialization), written in the same transaction as the values.
 """
@@ -12,8 +12,6 @@ import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TypeVar
-
-from backline.core.config import Config
 
 T = TypeVar("T")
 FAULT_ENV = "BACKLINE_TEST_FAULT"
@@ -81,22 +79,3 @@ class OnlineStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def redis_prefix(cfg: Config) -> str:
-    """Keys of a project in a shared Redis start with this."""
-    return f"backline:{cfg.project.name}:"
-
-
-def open_online_store(cfg: Config) -> OnlineStore:
-    """The store named by online.uri; Redis is pinged first, so an unreachable server is a
-    StoreError before anything is written."""
-    uri = cfg.store_uri("online")
-    if uri.scheme == "redis":
-        from backline.features.online_redis import RedisOnlineStore
-
-        return RedisOnlineStore(uri, redis_prefix(cfg))
-    from backline.features.online_sqlite import SQLiteOnlineStore
-
-    assert uri.path is not None
-    return SQLiteOnlineStore(uri.path, uri.raw)

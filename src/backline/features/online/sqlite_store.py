@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from backline.core.errors import StoreError
-from backline.features.online_store import OnlineStore, OnlineTransaction, T, fault_point
+from backline.features.online.store import OnlineStore, OnlineTransaction, T, fault_point
 
 SCHEMA_VERSION = 1
 _SCHEMA = """

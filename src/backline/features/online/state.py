@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from backline.core.config import SourceSpec
 from backline.core.hashing import U64, hash_rows, hash_values
 from backline.features.engines import Engine
-from backline.features.online_codec import (
+from backline.features.online.codec import (
     NO_SINCE,
     PlainCodec,
     Slot,

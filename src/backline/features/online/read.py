@@ -9,14 +9,21 @@
 Values are computed at the read time T (`at`, default now) from the stored state, with the
 same semantics as training sets: aggregates over (T - window, T], the latest plain row unless
 it is older than the view's ttl. On-demand features run the same function objects as offline.
-The store and the per-service read plan are cached, so a read does no definition work.
+
+Called as above, a read opens the online store and closes it again. A caller that reads many
+times (a server, `backline.open`'s Project) opens the store once and builds each service's
+`ReadPlan` once, and passes both, so a read is one round trip and no definition work:
+
+    with open_online_store(cfg) as store:
+        plan = ReadPlan(cfg, defs, "fraud_v1")
+        out = get_online_features(cfg, defs, "fraud_v1", rows, store=store, plan=plan)
+
+Nothing is cached at module level: two projects in one process share no state.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +35,7 @@ import pyarrow as pa
 from backline.core.config import Config, _suggest
 from backline.core.errors import SchemaError, UsageError
 from backline.features.definitions import Definitions
-from backline.features.online_codec import (
+from backline.features.online.codec import (
     PlainCodec,
     ViewLayout,
     entity_key,
@@ -39,17 +46,11 @@ from backline.features.online_codec import (
     to_python,
     to_us,
 )
-from backline.features.online_store import OnlineStore, open_online_store
+from backline.features.online.factory import open_online_store
+from backline.features.online.store import OnlineStore
 from backline.features.repository import require_applied, resolve_service
 
-__all__ = [
-    "OnlineFeatures",
-    "OnlineRangeError",
-    "OnlineStore",
-    "clear_caches",
-    "get_online_features",
-    "open_online_store",
-]
+__all__ = ["OnlineFeatures", "OnlineRangeError", "ReadPlan", "get_online_features"]
 
 OK, EXPIRED, MISSING = "ok", "expired", "missing"
 _RANK = {OK: 0, EXPIRED: 1, MISSING: 2}
@@ -227,7 +228,11 @@ class _OnDemandRead:
     """(argument, "request" or "feature", field or feature name)."""
 
 
-class _Plan:
+class ReadPlan:
+    """How to read one service: its views at their applied versions, its on-demand features,
+    its join keys and request fields. Built from the definitions once, then reused by every
+    read; build it again after `apply` (it holds the versions applied when it was built)."""
+
     def __init__(self, cfg: Config, defs: Definitions, service: str) -> None:
         plan = resolve_service(defs, service)
         versions = require_applied(cfg, defs, [v for v, _ in plan.views])
@@ -258,46 +263,8 @@ class _Plan:
         self.entity_columns = tuple(keys)
 
 
-_lock = threading.Lock()
-_stores: dict[tuple[str, str], OnlineStore] = {}
-_plans: dict[tuple[int, str, str], tuple[weakref.ref[Definitions], _Plan]] = {}
-
-
-def _store(cfg: Config) -> OnlineStore:
-    key = (f"{cfg.root}|{cfg.online.uri}", cfg.project.name)
-    store = _stores.get(key)
-    if store is None:
-        with _lock:
-            store = _stores.get(key)
-            if store is None:
-                store = _stores[key] = open_online_store(cfg)
-    return store
-
-
-def _plan(cfg: Config, defs: Definitions, service: str) -> _Plan:
-    key = (id(defs), service, str(cfg.root))
-    cached = _plans.get(key)
-    if cached is not None and cached[0]() is defs:
-        return cached[1]
-    plan = _Plan(cfg, defs, service)
-    with _lock:
-        for stale in [k for k, (ref, _) in _plans.items() if ref() is None]:
-            del _plans[stale]
-        _plans[key] = (weakref.ref(defs), plan)
-    return plan
-
-
-def clear_caches() -> None:
-    """Forget cached stores and read plans (after re-applying definitions in a server)."""
-    with _lock:
-        for store in _stores.values():
-            store.close()
-        _stores.clear()
-        _plans.clear()
-
-
 def _check_rows(
-    plan: _Plan,
+    plan: ReadPlan,
     entity_rows: Sequence[Mapping[str, Any]],
     request_rows: Sequence[Mapping[str, Any]] | None,
 ) -> None:
@@ -332,7 +299,7 @@ def _check_rows(
                 raise _unknown_field(plan, str(name), i)
 
 
-def _unknown_key(plan: _Plan, name: str, i: int, with_fields: bool) -> UsageError:
+def _unknown_key(plan: ReadPlan, name: str, i: int, with_fields: bool) -> UsageError:
     options = [*plan.entity_columns, *(plan.request_fields if with_fields else ())]
     if name in plan.request_fields:
         return UsageError(
@@ -347,7 +314,7 @@ def _unknown_key(plan: _Plan, name: str, i: int, with_fields: bool) -> UsageErro
     )
 
 
-def _unknown_field(plan: _Plan, name: str, i: int) -> UsageError:
+def _unknown_field(plan: ReadPlan, name: str, i: int) -> UsageError:
     if name in plan.entity_columns:
         return UsageError(
             f"request row {i} has the join key {name!r}; give it as an entity key (on the "
@@ -379,8 +346,15 @@ def get_online_features(
     *,
     request_rows: Sequence[Mapping[str, Any]] | None = None,
     at: datetime | None = None,
+    store: OnlineStore | None = None,
+    plan: ReadPlan | None = None,
 ) -> OnlineFeatures:
-    """Every feature of `service` for each entity row, read in one round trip."""
+    """Every feature of `service` for each entity row, read in one round trip.
+
+    `store`: an open online store to read from (the caller closes it); without it the store
+    `online.uri` names is opened for this read and closed after it. `plan`: the service's
+    `ReadPlan`, built once by a caller that reads often; without it one is built here.
+    """
     if at is None:
         at = datetime.now(UTC)
     elif not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
@@ -389,8 +363,27 @@ def get_online_features(
             "datetime(2026, 1, 1, tzinfo=UTC)."
         )
     t_us = to_us(at)
-    plan = _plan(cfg, defs, service)
-    store = _store(cfg)
+    if plan is None:
+        plan = ReadPlan(cfg, defs, service)
+    elif plan.service != service:
+        raise UsageError(
+            f"the read plan passed is for service {plan.service!r}, not {service!r}; build one "
+            f"with ReadPlan(cfg, defs, {service!r})."
+        )
+    if store is None:
+        with open_online_store(cfg) as opened:
+            return _read(plan, opened, entity_rows, request_rows, at, t_us)
+    return _read(plan, store, entity_rows, request_rows, at, t_us)
+
+
+def _read(
+    plan: ReadPlan,
+    store: OnlineStore,
+    entity_rows: Sequence[Mapping[str, Any]],
+    request_rows: Sequence[Mapping[str, Any]] | None,
+    at: datetime,
+    t_us: int,
+) -> OnlineFeatures:
     n = len(entity_rows)
     if request_rows is not None and len(request_rows) != n:
         raise UsageError(
@@ -424,7 +417,7 @@ def get_online_features(
 
     outputs = plan.outputs
     return OnlineFeatures(
-        service=service,
+        service=plan.service,
         at=at.astimezone(UTC),
         entity_columns=plan.entity_columns,
         entities=tuple(entities),
@@ -437,7 +430,7 @@ def get_online_features(
 
 
 def _range_error(
-    view: _ViewRead, entity: tuple[Any, ...], plan: _Plan, at: datetime, early: _TooEarly
+    view: _ViewRead, entity: tuple[Any, ...], plan: ReadPlan, at: datetime, early: _TooEarly
 ) -> OnlineRangeError:
     who = ", ".join(
         f"{c}={v}" for c, v in zip(plan.entity_columns, entity, strict=True) if c in view.join_keys
@@ -456,7 +449,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _on_demand(
-    plan: _Plan,
+    plan: ReadPlan,
     entity_rows: Sequence[Mapping[str, Any]],
     request_rows: Sequence[Mapping[str, Any]] | None,
     values: list[dict[str, Any]],

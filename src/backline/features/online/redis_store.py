@@ -1,6 +1,6 @@
 """The shared online store: Redis, one string key per (view, version, entity).
 
-    PREFIX v:VIEW:VERSION:ENTITY_KEY     the entity's value (online_codec bytes)
+    PREFIX v:VIEW:VERSION:ENTITY_KEY     the entity's value (`codec` bytes)
     PREFIX applied:VIEW:VERSION          set of offline batch ids applied to that view version
     PREFIX epoch:VIEW:VERSION            counter bumped by every write to that view version
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from backline.core.errors import StoreError
 from backline.core.uris import StoreURI
-from backline.features.online_store import OnlineStore, OnlineTransaction, T, fault_point
+from backline.features.online.store import OnlineStore, OnlineTransaction, T, fault_point
 
 _CHUNK = 10_000
 _RETRIES = 20
