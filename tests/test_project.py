@@ -19,7 +19,7 @@ import pytest
 
 import backline
 from backline.core.config import load_config
-from backline.core.errors import BacklineError, NotFoundError, UsageError, WorkspaceError
+from backline.core.errors import BacklineError, InvalidArgument, NotFoundError, WorkspaceError
 from backline.core.workspace import init_project
 from backline.data.generator import GeneratorConfig, generate, write_generated
 from backline.features.history import get_historical_features
@@ -86,7 +86,7 @@ def test_sql_answers_arrow_and_sees_batches_committed_after_it_connected(small: 
         project.ingest("transactions", _parquet(small, [tx(OTHER, T0, 3.0)]))
         assert project.sql("SELECT count(*) AS n FROM transactions").to_pylist() == [{"n": 2}]
         assert project.sql("SELECT source FROM batches").num_rows == 2
-        with pytest.raises(UsageError, match=r"query failed: .*Tables: transactions"):
+        with pytest.raises(InvalidArgument, match=r"query failed: .*Tables: transactions"):
             project.sql("SELECT * FROM transactionz")
 
 
@@ -147,11 +147,11 @@ def test_historical_features_take_a_table_a_pandas_frame_or_a_file(
         assert seen == [frame]
         monkeypatch.undo()
 
-        with pytest.raises(UsageError, match=r"\.parquet or \.csv"):
+        with pytest.raises(InvalidArgument, match=r"\.parquet or \.csv"):
             project.historical_features(small / "entities.json", "test_v1")
-        with pytest.raises(UsageError, match="does not exist"):
+        with pytest.raises(InvalidArgument, match="does not exist"):
             project.historical_features(small / "missing.parquet", "test_v1")
-        with pytest.raises(UsageError, match="pyarrow Table, a pandas DataFrame"):
+        with pytest.raises(InvalidArgument, match="pyarrow Table, a pandas DataFrame"):
             project.historical_features([{"card_id": CARD}], "test_v1")
 
 
@@ -198,9 +198,9 @@ def test_materialize_online_features_and_push(small: Path) -> None:
         assert again.rows_accepted == 1
         assert project.sql("SELECT count(*) AS n FROM transactions").to_pylist() == [{"n": 3}]
 
-        with pytest.raises(UsageError, match="pass a dict"):
+        with pytest.raises(InvalidArgument, match="pass a dict"):
             project.online_features("test_v1", "card_0000001", at=T0)
-        with pytest.raises(UsageError, match="list of dicts"):
+        with pytest.raises(InvalidArgument, match="list of dicts"):
             project.push("transactions", "rows")
         with pytest.raises(NotFoundError, match="test_v2"):
             project.online_features("test_v2", entity, at=T0)
@@ -256,7 +256,7 @@ def test_train_then_model_loads_a_verified_package_by_alias(fraud: Path) -> None
         assert by_number.score(examples).shape == (50,)
         with pytest.raises(NotFoundError):
             project.model("nosuchmodel@champion")
-        with pytest.raises(UsageError, match="MODEL@ALIAS"):
+        with pytest.raises(InvalidArgument, match="MODEL@ALIAS"):
             project.model("fraud@")
 
 
@@ -293,7 +293,7 @@ def test_close_releases_the_online_store_and_the_registry(small: Path) -> None:
         lambda: project.registry,
         lambda: project.definitions,
     ):
-        with pytest.raises(UsageError, match=r"handle on .* is closed; open it again"):
+        with pytest.raises(InvalidArgument, match=r"handle on .* is closed; open it again"):
             calls()
     project.close()  # twice is fine
     with pytest.raises(BacklineError, match="closed"), project:

@@ -14,7 +14,7 @@
 The handle finds the project the way the command line does, and owns what a long-lived
 process must not open per call: the online store and the services' read plans, the registry's
 database engine, and a DuckDB connection for `sql`. Each is opened on first use and released by
-`close()` (or the end of a `with` block); a method called after that raises `UsageError`.
+`close()` (or the end of a `with` block); a method called after that raises `InvalidArgument`.
 Every method calls the library function that does the work, with the handle's config,
 definitions and connections; the handle holds no logic of its own. Nothing is shared between
 handles, so two projects open in one process never see each other's state.
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from backline.core.config import Config, find_project, load_config
-from backline.core.errors import UsageError
+from backline.core.errors import InvalidArgument
 
 if TYPE_CHECKING:
     import duckdb
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from backline.features.online import OnlineFeatures, OnlineStore, ReadPlan
     from backline.features.repository import Change
     from backline.package import Scorer
-    from backline.pipeline.train import Released
+    from backline.pipeline.train import Registered
     from backline.registry import Registry
 
 __all__ = ["Project", "open"]
@@ -126,7 +126,7 @@ class Project:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise UsageError(
+            raise InvalidArgument(
                 f"the project handle on {self.root} is closed; open it again with "
                 f"backline.open({str(self.root)!r})."
             )
@@ -206,7 +206,7 @@ class Project:
                 return pa.table({}) if rel is None else rel.to_arrow_table()
             except duckdb.Error as exc:
                 tables = [*self.config.sources, "quarantine", "batches", "batch_stats"]
-                raise UsageError(
+                raise InvalidArgument(
                     f"query failed: {str(exc).splitlines()[0]}. Tables: {', '.join(tables)}."
                 ) from None
 
@@ -325,7 +325,7 @@ class Project:
 
     # -- models ------------------------------------------------------------------------------
 
-    def train(self, **options: Any) -> Released:
+    def train(self, **options: Any) -> Registered:
         """Train, package and register a model version: see
         `backline.pipeline.train.train_and_register` for the options (model_name, service,
         max_steps, resume, nproc, device, actor, progress, on_progress). No progress display
@@ -355,7 +355,7 @@ class Project:
 
 def _parse_spec(spec: str) -> tuple[str, str | None]:
     if not isinstance(spec, str):
-        raise UsageError(f"model spec {spec!r} is not text; pass e.g. 'fraud@champion'.")
+        raise InvalidArgument(f"model spec {spec!r} is not text; pass e.g. 'fraud@champion'.")
     for sep in ("@", ":"):
         if sep in spec:
             name, ref = spec.split(sep, 1)
@@ -365,7 +365,7 @@ def _parse_spec(spec: str) -> tuple[str, str | None]:
     else:
         if spec:
             return spec, None
-    raise UsageError(
+    raise InvalidArgument(
         f"{spec!r} is not MODEL, MODEL@ALIAS or MODEL:VERSION; e.g. fraud@champion or fraud:3."
     )
 
@@ -388,14 +388,14 @@ def _entity_input(entities: object) -> pa.Table | Path:
     if isinstance(entities, str | PathLike):
         path = Path(entities)
         if path.suffix.lower() not in (".parquet", ".csv"):
-            raise UsageError(
+            raise InvalidArgument(
                 f"entities file {path} must be .parquet or .csv (with join keys and a "
                 "timestamp column)."
             )
         if not path.is_file():
-            raise UsageError(f"entities file {path} does not exist.")
+            raise InvalidArgument(f"entities file {path} does not exist.")
         return path
-    raise UsageError(
+    raise InvalidArgument(
         f"entities is a {type(entities).__name__}; pass a pyarrow Table, a pandas DataFrame, or "
         "the path of a .parquet or .csv file."
     )
@@ -408,7 +408,7 @@ def _table(rows: object, what: str) -> pa.Table:
         return _from_pandas(rows)
     if isinstance(rows, list | tuple) and all(isinstance(r, Mapping) for r in rows):
         return pa.Table.from_pylist(list(rows))
-    raise UsageError(
+    raise InvalidArgument(
         f"{what} is a {type(rows).__name__}; pass a pyarrow Table, a pandas DataFrame or a "
         "list of dicts."
     )
@@ -420,7 +420,7 @@ def _rows(rows: Rows, what: str) -> Sequence[Mapping[str, Any]]:
     if isinstance(rows, pa.Table):
         return rows.to_pylist()
     if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
-        raise UsageError(
+        raise InvalidArgument(
             f"{what} is a {type(rows).__name__}; pass a dict such as {{'card_id': "
             "'card_0000001'}, or a list of them."
         )

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from backline.core.config import Config, load_config
 from backline.core.errors import NotFoundError, SchemaError, StoreError, UsageError
+from backline.core.faults import FAULT_ENV
 from backline.data.offline_store import OfflineStore
 from backline.features.definitions import Definitions
 from backline.features.history import get_historical_features
@@ -32,7 +33,6 @@ from backline.features.online import (
 )
 from backline.features.online.codec import PlainCodec, layout_of, to_us
 from backline.features.online.state import SourceRows, view_state
-from backline.features.online.store import FAULT_ENV
 from backline.features.repository import load_definitions, require_applied
 from tests.features.online_support import (
     INGESTED,
@@ -365,8 +365,8 @@ def test_a_failure_mid_run_keeps_finished_views_and_the_rerun_does_the_rest(
         if len(calls) == 3:
             raise RuntimeError("injected failure before commit")
 
-    monkeypatch.setattr(sqlite_store, "fault_point", fail_third)
-    monkeypatch.setattr(redis_store, "fault_point", fail_third)
+    monkeypatch.setattr(sqlite_store, "maybe_fail", fail_third)
+    monkeypatch.setattr(redis_store, "maybe_fail", fail_third)
     with pytest.raises(RuntimeError, match="injected"):
         materialize(cfg, defs, incremental=True)
     state = dump(cfg, defs)

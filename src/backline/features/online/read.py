@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from backline.core.config import Config, _suggest
 from backline.core.errors import SchemaError, UsageError
+from backline.core.types import arrow_type
 from backline.features.definitions import Definitions
 from backline.features.online.codec import (
     PlainCodec,
@@ -54,16 +55,6 @@ __all__ = ["OnlineFeatures", "OnlineRangeError", "ReadPlan", "get_online_feature
 
 OK, EXPIRED, MISSING = "ok", "expired", "missing"
 _RANK = {OK: 0, EXPIRED: 1, MISSING: 2}
-_ARROW_TYPES = {
-    "int": pa.int64(),
-    "float": pa.float64(),
-    "string": pa.string(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "date": pa.date32(),
-}
 
 
 class OnlineRangeError(UsageError):
@@ -149,7 +140,7 @@ class OnlineFeatures:
         for j, name in enumerate(self.entity_columns):
             arrays[name] = pa.array([keys[j] for keys in self.entities])
         for j, (name, kind) in enumerate(zip(self.columns, self.types, strict=True)):
-            arrays[name] = pa.array([row[j] for row in self.values], type=_ARROW_TYPES[kind])
+            arrays[name] = pa.array([row[j] for row in self.values], type=arrow_type(kind))
         return pa.table(arrays)
 
 

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from backline.core.errors import StoreError
+from backline.core.faults import maybe_fail
 from backline.core.uris import StoreURI
-from backline.features.online.store import OnlineStore, OnlineTransaction, T, fault_point
+from backline.features.online.store import OnlineStore, OnlineTransaction, T
 
 _CHUNK = 10_000
 _RETRIES = 20
@@ -107,7 +108,7 @@ class RedisOnlineStore(OnlineStore):
                         pipe.mset(dict(txn.writes[start : start + _CHUNK]))
                     if txn.marked:
                         pipe.sadd(txn.applied_key, *txn.marked)
-                    fault_point("online_before_commit")
+                    maybe_fail("online_before_commit")  # crash tests SIGKILL here
                     pipe.execute()
                     return result
             except redis.WatchError:

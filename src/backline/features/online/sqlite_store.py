@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from backline.core.errors import StoreError
-from backline.features.online.store import OnlineStore, OnlineTransaction, T, fault_point
+from backline.core.faults import maybe_fail
+from backline.features.online.store import OnlineStore, OnlineTransaction, T
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -149,7 +150,7 @@ class SQLiteOnlineStore(OnlineStore):
             ) from None
         try:
             result = work(_Transaction(con, view, version))
-            fault_point("online_before_commit")
+            maybe_fail("online_before_commit")  # crash tests SIGKILL here
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:

@@ -7,21 +7,11 @@ incremental materialization), written in the same transaction as the values.
 
 from __future__ import annotations
 
-import os
-import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
-FAULT_ENV = "BACKLINE_TEST_FAULT"
-"""Tests set it to `online_before_commit` to be killed just before a write commits."""
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for the crash tests: vanish as SIGKILL would, at a named step."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class OnlineTransaction(ABC):
