@@ -241,6 +241,24 @@ def _read_csv_careful(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
         csv.field_size_limit(limit)
 
 
+def _decode_line(
+    raw: bytes, number: int, spec: SourceSpec, rejects: list[Reject], fix: str = ""
+) -> str | None:
+    """The line as text, or None after adding an invalid_encoding reject (message + `fix`)."""
+    try:
+        return raw.decode(spec.encoding)
+    except UnicodeDecodeError as exc:
+        rejects.append(
+            Reject(
+                number,
+                "invalid_encoding",
+                f"bytes at position {exc.start} are not {spec.encoding}{fix}",
+                raw.decode(spec.encoding, errors="backslashreplace"),
+            )
+        )
+        return None
+
+
 def _read_csv_records(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
     raw_lines = data.split(b"\n")
     rejects: list[Reject] = []
@@ -255,18 +273,10 @@ def _read_csv_records(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
         i += 1
         if not raw:  # blank, as Arrow's reader sees it
             continue
-        try:
-            text = raw.decode(spec.encoding)
-        except UnicodeDecodeError as exc:
-            rejects.append(
-                Reject(
-                    number,
-                    "invalid_encoding",
-                    f"bytes at position {exc.start} are not {spec.encoding}; re-encode the file "
-                    "or set the source's encoding",
-                    raw.decode(spec.encoding, errors="backslashreplace"),
-                )
-            )
+        text = _decode_line(
+            raw, number, spec, rejects, "; re-encode the file or set the source's encoding"
+        )
+        if text is None:
             continue
         if text.count('"') % 2 == 1:
             # A quoted value may span lines, but only into a valid record: a quote that the
@@ -372,17 +382,8 @@ def _read_jsonl(path: Path, data: bytes, spec: SourceSpec) -> FileRead:
         raw = raw.rstrip(b"\r")
         if not raw.strip():
             continue
-        try:
-            text = raw.decode(spec.encoding)
-        except UnicodeDecodeError as exc:
-            rejects.append(
-                Reject(
-                    number,
-                    "invalid_encoding",
-                    f"bytes at position {exc.start} are not {spec.encoding}",
-                    raw.decode(spec.encoding, errors="backslashreplace"),
-                )
-            )
+        text = _decode_line(raw, number, spec, rejects)
+        if text is None:
             continue
         try:
             obj = json.loads(text)
