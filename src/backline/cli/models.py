@@ -137,7 +137,7 @@ def _actor_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--actor",
         default=None,
-        help="who does this, for the audit log (default: your login name)",
+        help="who does this, for the audit log (default: $BACKLINE_ACTOR, else your login name)",
     )
 
 
