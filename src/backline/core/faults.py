@@ -17,7 +17,8 @@ points, by module:
     train/checkpoint.py                     checkpoint_slow (a pause), and @STEP:
                                             checkpoint_after_first_file,
                                             checkpoint_before_rename, checkpoint_after_rename
-    features/online/sqlite_store.py, redis_store.py    online_before_commit
+    features/online/sqlite_store.py and
+    features/online/redis_store.py          online_before_commit
 
 Unset (always, outside tests), a point costs one environment lookup.
 """
