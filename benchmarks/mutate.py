@@ -2,7 +2,7 @@
 
     make mutate                                          # every group, sampled, ~30 min
     .venv/bin/python benchmarks/mutate.py --group gate   # one group (a name or a prefix)
-    .venv/bin/python benchmarks/mutate.py --module src/backline/registry/gate.py --all
+    .venv/bin/python benchmarks/mutate.py --module src/backline/pipeline/gate.py --all
 
 mutmut (pinned in the Makefile) plants one-line bugs in a module, one function at a time, and
 runs the module's mapped tests against each: a mutant that no test fails on "survived", and
@@ -121,7 +121,7 @@ GROUPS = (
                 "tests/registry/test_registry.py",
                 "tests/registry/test_atomicity.py",
             ),
-            "src/backline/registry/gate.py": ("tests/registry/test_gate.py",),
+            "src/backline/pipeline/gate.py": ("tests/registry/test_gate.py",),
         },
     ),
     Group(
@@ -288,6 +288,10 @@ def run_group(
         rng = random.Random(args.seed)
         chosen: list[str] = []
         for result in results:
+            if not (work / result.path).is_file():
+                print(f"  {result.path} is not in the snapshot: moved? (GROUPS in {__file__})")
+                result.status["missing"] = 1
+                continue
             names = sorted(meta(work, result.path))
             result.generated = len(names)
             pick = (
@@ -319,6 +323,8 @@ def run_group(
         if proc.returncode not in (0, -signal.SIGTERM):
             print(f"  {group.name}: mutmut failed (a clean test run failing?); see {log}")
         for result in results:
+            if result.status["missing"]:
+                continue
             codes = meta(work, result.path)
             picked = set(chosen)
             for name, code in codes.items():
@@ -376,11 +382,39 @@ def table(results: list[tuple[str, ModuleResult]]) -> str:
     return "\n".join(rows)
 
 
+def write_summary(
+    done: list[tuple[str, ModuleResult]], args: argparse.Namespace, minutes: float
+) -> None:
+    """benchmarks/.mutate/summary.json, rewritten after each group so a stopped run keeps its
+    finished groups."""
+    summary = {
+        "command": " ".join(sys.argv),
+        "sample": None if args.all else args.sample,
+        "seed": args.seed,
+        "markers": MARKERS,
+        "minutes": round(minutes, 1),
+        "modules": [
+            {
+                "group": g,
+                "module": r.path,
+                "tests": dict(next(x for x in GROUPS if x.name == g).modules)[r.path],
+                "generated": r.generated,
+                "sampled": r.sampled,
+                "status": dict(r.status),
+                "score": r.score,
+                "survivors": r.survivors,
+            }
+            for g, r in done
+        ],
+    }
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--group", action="append", help="a group by name or part of it")
     parser.add_argument(
-        "--module", action="append", help="a module path, e.g. src/backline/registry/gate.py"
+        "--module", action="append", help="a module path, e.g. src/backline/pipeline/gate.py"
     )
     parser.add_argument("--sample", type=int, default=12, help="mutants per module (12)")
     parser.add_argument("--all", action="store_true", help="every mutant (hours)")
@@ -417,6 +451,7 @@ def main() -> int:
         timeout = (args.budget * 60 - (time.monotonic() - started)) / left
         print(f"- {group.name}: {', '.join(group.modules)} (at most {timeout:.0f} s)")
         done += [(group.name, r) for r in run_group(group, args, env, log, max(timeout, 60))]
+        write_summary(done, args, (time.monotonic() - started) / 60)
 
     survivors = [s for _, r in done for s in r.survivors]
     report = []
@@ -428,27 +463,7 @@ def main() -> int:
     print(table(done))
     minutes = (time.monotonic() - started) / 60
     print(f"\n{minutes:.1f} min; survivors in {(OUT / 'survivors.txt').relative_to(ROOT)}")
-    summary = {
-        "command": " ".join(sys.argv),
-        "sample": None if args.all else args.sample,
-        "seed": args.seed,
-        "markers": MARKERS,
-        "minutes": round(minutes, 1),
-        "modules": [
-            {
-                "group": g,
-                "module": r.path,
-                "tests": dict(next(x for x in GROUPS if x.name == g).modules)[r.path],
-                "generated": r.generated,
-                "sampled": r.sampled,
-                "status": dict(r.status),
-                "score": r.score,
-                "survivors": r.survivors,
-            }
-            for g, r in done
-        ],
-    }
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(done, args, minutes)
     return 0
 
 
