@@ -74,3 +74,22 @@ def test_documented_online_reads_say_when() -> None:
     assert reads
     for where, command in reads:
         assert "--at " in command, f"{where}: `{command}` reads as of now"
+
+
+_PACKAGES = "core|data|features|train|package|registry|monitor|pipeline|cli"
+
+
+def test_every_source_path_the_docs_name_exists() -> None:
+    """docs/architecture.md names the modules as they are: a move that forgets the docs fails."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for path in texts:
+        text = path.read_text()
+        names = re.findall(r"src/backline/[\w/]+(?:\.py)?", text)
+        names += [  # `registry/store.py`, relative to src/backline
+            f"src/backline/{n}" for n in re.findall(rf"`((?:{_PACKAGES})/[\w/]+\.py)", text)
+        ]
+        for name in names:
+            if not (ROOT / name).exists() and not (ROOT / (name + ".py")).exists():
+                missing.append(f"{path.name}: {name}")
+    assert not missing, missing
