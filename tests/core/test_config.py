@@ -133,7 +133,8 @@ def test_bad_source_declarations(project: Path) -> None:
 def test_bad_column_type_and_range(project: Path) -> None:
     _edit(project, 'type = "float64"', 'type = "decimal"')
     with pytest.raises(
-        ConfigError, match=r"column 'amount' has type 'decimal'\. Use one of string"
+        ConfigError,
+        match=r"sources\.transactions\.columns\.amount\.type = 'decimal' must be one of string, ",
     ):
         load_config(project, env={})
 

@@ -2,6 +2,12 @@
 
 Every knob is a field with a docstring under it. Loading rejects unknown keys (with a
 suggestion), wrong types and bad combinations, naming the key, the value and the fix.
+
+A field's allowed values are declared, not checked by hand: a ``Literal[...]`` type lists the
+choices and ``Annotated[int, Bound(min=1)]`` gives a numeric range. The loader reads both and
+refuses a value outside them with one message format. ``__post_init__`` keeps only the checks
+that are not about one field alone (min above max, a primary key that is not a column) and the
+format checks (a size, a regular expression, an encoding).
 Top-level sections can be overridden from the environment as BACKLINE_<SECTION>_<KEY>,
 for example ``BACKLINE_ONLINE_URI=redis://127.0.0.1:6379/0``.
 
@@ -22,19 +28,49 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from backline.core.durations import parse_duration, parse_utc
 from backline.core.errors import BacklineError, ConfigError
 from backline.core.suggest import did_you_mean
-from backline.core.types import COLUMN_TYPES
 from backline.core.uris import StoreURI, parse_uri
 
 CONFIG_FILE = "backline.toml"
 
-FORMATS = ("auto", "csv", "jsonl", "parquet")
+Format = Literal["auto", "csv", "jsonl", "parquet"]
+FORMATS: tuple[str, ...] = typing.get_args(Format)
+ColumnType = Literal["string", "int64", "float64", "bool", "timestamp", "date"]
+"""The column types, as core/types.py's COLUMN_TYPES lists them (a test keeps the two equal)."""
 # Added to every stored row: which batch brought it, when, and its partition.
 RESERVED_COLUMNS = ("batch_id", "ingested_at", "event_date", "source")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range a numeric field allows, declared as ``Annotated[int, Bound(min=1)]`` and
+    checked by the loader. Ends are inclusive unless marked exclusive; `why` is said after the
+    range in the error (and in docs/configuration.md)."""
+
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    why: str = ""
+
+    def admits(self, value: float) -> bool:
+        if self.min is not None and (value <= self.min if self.min_exclusive else value < self.min):
+            return False
+        return self.max is None or (value < self.max if self.max_exclusive else value <= self.max)
+
+    def describe(self) -> str:
+        """'at least 1', 'above 0 and below 1', 'at least 1 and at most 1073741824 (1 GiB)'."""
+        parts = []
+        if self.min is not None:
+            parts.append(f"{'above' if self.min_exclusive else 'at least'} {self.min}")
+        if self.max is not None:
+            parts.append(f"{'below' if self.max_exclusive else 'at most'} {self.max}")
+        text = " and ".join(parts)
+        return f"{text} ({self.why})" if self.why else text
 
 
 @dataclass(frozen=True)
@@ -71,49 +107,30 @@ class IngestSection:
     max_future: timedelta = timedelta(days=1)
     """Timestamps later than ingest time plus this are quarantined as timestamp_in_future."""
 
-    duckdb_threads: int = 1
+    duckdb_threads: Annotated[int, Bound(min=1)] = 1
     """Threads DuckDB may use while validating (1 keeps ingest to one core)."""
 
-    max_value_bytes: int = 16 * 1024 * 1024
+    max_value_bytes: Annotated[int, Bound(min=1, max=1 << 30, why="1 GiB")] = 16 * 1024 * 1024
     """Biggest single value (in bytes, as UTF-8) of a declared column, in any input format. A
     bigger one quarantines its row as too_long, naming the column; a column's own max_length
     (characters) applies below it. Default 16 MiB."""
 
-    def __post_init__(self) -> None:
-        if self.duckdb_threads < 1:
-            raise ConfigError(
-                f"backline.toml: ingest.duckdb_threads = {self.duckdb_threads} must be at least 1."
-            )
-        if not 1 <= self.max_value_bytes <= 1 << 30:
-            raise ConfigError(
-                f"backline.toml: ingest.max_value_bytes = {self.max_value_bytes} must be between "
-                f"1 and {1 << 30} (1 GiB)."
-            )
-
 
 @dataclass(frozen=True)
 class FeaturesSection:
-    engine: str = "duckdb"
+    engine: Literal["duckdb", "spark"] = "duckdb"
     """Engine for training sets and materialization: duckdb (embedded) or spark."""
 
     memory_limit: str = "3GB"
     """Most memory DuckDB may hold while building a training set; beyond it, it spills to disk."""
 
-    threads: int = 0
+    threads: Annotated[int, Bound(min=0)] = 0
     """Threads for the feature engine; 0 means one per core."""
 
     spark_master: str = "local[2]"
     """Spark master URL when engine = "spark"."""
 
     def __post_init__(self) -> None:
-        if self.engine not in ("duckdb", "spark"):
-            raise ConfigError(
-                f'backline.toml: features.engine = {self.engine!r}. Use "duckdb" or "spark".'
-            )
-        if self.threads < 0:
-            raise ConfigError(
-                f"backline.toml: features.threads = {self.threads} must be 0 or more."
-            )
         if not re.fullmatch(
             r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", self.memory_limit.strip()
         ):
@@ -146,87 +163,51 @@ class TrainSection:
     holdout: timedelta = timedelta(days=5)
     """The last span of labelled examples before the cutoff, held out for evaluation."""
 
-    max_steps: int = 2000
+    max_steps: Annotated[int, Bound(min=1)] = 2000
     """Optimizer steps (batches) to train for."""
 
-    batch_size: int = 1024
+    batch_size: Annotated[int, Bound(min=1)] = 1024
     """Examples per step (per worker under --nproc)."""
 
-    learning_rate: float = 0.003
+    learning_rate: Annotated[float, Bound(min=0, min_exclusive=True)] = 0.003
     """Peak learning rate (AdamW, cosine decay after a short warm-up)."""
 
     hidden: tuple[int, ...] = (128, 64)
     """Hidden layer sizes of the MLP."""
 
-    embedding_dim: int = 8
+    embedding_dim: Annotated[int, Bound(min=1)] = 8
     """Embedding size of each categorical feature."""
 
     seed: int = 0
     """Seed for data order, initialisation and dropout: same seed, same model."""
 
-    checkpoint_every: int = 200
+    checkpoint_every: Annotated[int, Bound(min=1)] = 200
     """Write a checkpoint every this many steps (and on SIGTERM)."""
 
-    keep_checkpoints: int = 3
+    keep_checkpoints: Annotated[
+        int, Bound(min=2, why="the newest may be the one being written when a run dies")
+    ] = 3
     """Checkpoints kept; at least 2, since the newest may be the one being written."""
 
-    target_fpr: float = 0.01
+    target_fpr: Annotated[float, Bound(min=0, max=1, min_exclusive=True, max_exclusive=True)] = 0.01
     """False-positive rate at which recall is reported."""
 
-    weight_decay: float = 0.01
+    weight_decay: Annotated[float, Bound(min=0)] = 0.01
     """AdamW weight decay (decoupled L2 on the weights)."""
 
-    warmup_steps: int = 100
+    warmup_steps: Annotated[int, Bound(min=0)] = 100
     """Steps of linear learning-rate warm-up before the cosine decay (capped at max_steps)."""
 
-    dropout: float = 0.0
+    dropout: Annotated[float, Bound(min=0, max=1, max_exclusive=True)] = 0.0
     """Dropout after each hidden layer; 0 turns it off. Seeded, so runs stay reproducible."""
 
-    min_category_count: int = 5
+    min_category_count: Annotated[int, Bound(min=1)] = 5
     """A categorical value becomes a vocabulary entry only if the training split holds it at
     least this often; rarer and unseen values share index 0 (unknown)."""
 
-    max_restarts: int = 3
+    max_restarts: Annotated[int, Bound(min=0)] = 3
     """Under --nproc N, how often torchrun restarts the worker group after a worker dies; each
     restart resumes from the newest good checkpoint."""
-
-    def __post_init__(self) -> None:
-        for key in ("warmup_steps", "max_restarts"):
-            if getattr(self, key) < 0:
-                raise ConfigError(
-                    f"backline.toml: train.{key} = {getattr(self, key)} must be 0 or more."
-                )
-        if self.min_category_count < 1:
-            raise ConfigError(
-                f"backline.toml: train.min_category_count = {self.min_category_count} must be at "
-                "least 1."
-            )
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(
-                f"backline.toml: train.dropout = {self.dropout} must be at least 0 and below 1."
-            )
-        if self.weight_decay < 0:
-            raise ConfigError(
-                f"backline.toml: train.weight_decay = {self.weight_decay} must be 0 or more."
-            )
-        if self.keep_checkpoints < 2:
-            raise ConfigError(
-                f"backline.toml: train.keep_checkpoints = {self.keep_checkpoints}; keep at least 2, "
-                "as the newest may be the one being written when a run dies."
-            )
-        for key in ("max_steps", "batch_size", "checkpoint_every", "embedding_dim"):
-            if getattr(self, key) < 1:
-                raise ConfigError(
-                    f"backline.toml: train.{key} = {getattr(self, key)} must be at least 1."
-                )
-        if not 0 < self.target_fpr < 1:
-            raise ConfigError(
-                f"backline.toml: train.target_fpr = {self.target_fpr} must be between 0 and 1."
-            )
-        if self.learning_rate <= 0:
-            raise ConfigError(
-                f"backline.toml: train.learning_rate = {self.learning_rate} must be positive."
-            )
 
 
 @dataclass(frozen=True)
@@ -240,10 +221,12 @@ class GateSection:
     non_inferiority_margin: float = 0.01
     """The candidate may trail the champion's AUC-PR by at most this (lower confidence bound)."""
 
-    bootstrap_samples: int = 1000
+    bootstrap_samples: Annotated[int, Bound(min=100)] = 1000
     """Bootstrap resamples for the confidence intervals."""
 
-    confidence: float = 0.95
+    confidence: Annotated[float, Bound(min=0.5, max=1, min_exclusive=True, max_exclusive=True)] = (
+        0.95
+    )
     """Confidence level of the intervals."""
 
     max_latency_ms: float = 5.0
@@ -252,23 +235,13 @@ class GateSection:
     max_artifact_mb: float = 50.0
     """Budget for the size of the serving artifact."""
 
-    def __post_init__(self) -> None:
-        if not 0.5 < self.confidence < 1:
-            raise ConfigError(
-                f"backline.toml: gate.confidence = {self.confidence} must be between 0.5 and 1."
-            )
-        if self.bootstrap_samples < 100:
-            raise ConfigError(
-                f"backline.toml: gate.bootstrap_samples = {self.bootstrap_samples}; use at least 100."
-            )
-
 
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
     """Column name, as it appears in the input header or JSON keys."""
 
-    type: str = "string"
+    type: ColumnType = "string"
     """One of string, int64, float64, bool, timestamp (always tz-aware UTC), date."""
 
     required: bool = False
@@ -309,10 +282,6 @@ class ColumnSpec:
             raise ConfigError(
                 f"backline.toml: column name {self.name!r} is reserved for lineage "
                 f"({', '.join(RESERVED_COLUMNS)}). Rename it."
-            )
-        if self.type not in COLUMN_TYPES:
-            raise ConfigError(
-                f"backline.toml: {where} has type {self.type!r}. Use one of {', '.join(COLUMN_TYPES)}."
             )
         numeric = self.type in ("int64", "float64")
         if (self.min is not None or self.max is not None) and not numeric:
@@ -360,7 +329,7 @@ class SourceSpec:
     event_time: str
     """The timestamp column that says when the event happened; partitions the store by date."""
 
-    format: str = "auto"
+    format: Format = "auto"
     """auto (by file extension), csv, jsonl or parquet."""
 
     delimiter: str = ","
@@ -369,7 +338,7 @@ class SourceSpec:
     encoding: str = "utf-8"
     """Text encoding of CSV and JSON Lines inputs; undecodable rows are quarantined."""
 
-    extra_columns: str = "drop"
+    extra_columns: Literal["drop", "reject"] = "drop"
     """What to do with input columns the schema does not declare: drop (and report) or reject."""
 
     description: str = ""
@@ -412,12 +381,6 @@ class SourceSpec:
         if self.column(self.event_time).type != "timestamp":
             raise ConfigError(
                 f'{where} event_time column {self.event_time!r} must have type = "timestamp".'
-            )
-        if self.format not in FORMATS:
-            raise ConfigError(f"{where} format = {self.format!r}. Use one of {', '.join(FORMATS)}.")
-        if self.extra_columns not in ("drop", "reject"):
-            raise ConfigError(
-                f"{where} extra_columns = {self.extra_columns!r}. Use drop or reject."
             )
         if len(self.delimiter) != 1:
             raise ConfigError(f"{where} delimiter = {self.delimiter!r} must be one character.")
@@ -607,7 +570,7 @@ def _build(
     """One section (or source, or column) from its table; every error is one ConfigError line
     that names the key, and the environment variable when one set it."""
     from_env = from_env or {}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # keep Annotated's Bound
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
@@ -648,13 +611,55 @@ def _required(f: dataclasses.Field[Any]) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
+def declared_constraints(cls: type) -> dict[str, str]:
+    """What each constrained field of a section allows, as the loader's errors and
+    docs/configuration.md say it: {"engine": "one of duckdb, spark", "threads": "at least 0"}."""
+    out: dict[str, str] = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        rules = _constraints(hint)
+        if rules:
+            out[name] = "; ".join(rules)
+    return out
+
+
+def _constraints(hint: Any) -> list[str]:
+    """The declared rules of one field type: its Literal choices and its Bounds."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *extras = typing.get_args(hint)
+        return _constraints(base) + [m.describe() for m in extras if isinstance(m, Bound)]
+    if origin is Literal:
+        return [_one_of(typing.get_args(hint))]
+    if origin in (typing.Union, types.UnionType):
+        return [rule for arg in typing.get_args(hint) for rule in _constraints(arg)]
+    return []
+
+
+def _one_of(choices: tuple[Any, ...]) -> str:
+    return f"one of {', '.join(str(c) for c in choices)}"
+
+
 def _coerce(value: Any, hint: Any, key: str, where: str = CONFIG_FILE) -> Any:
-    """Convert a TOML value (or an environment string) to the field's declared type.
+    """Convert a TOML value (or an environment string) to the field's declared type, and check
+    what the type declares: a Literal's choices, an Annotated Bound.
 
     `where` is what errors name as the value's origin: backline.toml, or an environment variable.
     """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        base, *extras = args
+        value = _coerce(value, base, key, where)
+        for bound in (m for m in extras if isinstance(m, Bound)):
+            if not bound.admits(value):
+                raise ConfigError(f"{where}: {key} = {value} must be {bound.describe()}.")
+        return value
+    if origin is Literal:
+        value = _coerce(value, type(args[0]), key, where)
+        if value not in args:
+            hint_text = did_you_mean(value, [str(a) for a in args])
+            raise ConfigError(f"{where}: {key} = {value!r} must be {_one_of(args)}.{hint_text}")
+        return value
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, where)
