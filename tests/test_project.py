@@ -90,6 +90,33 @@ def test_sql_answers_arrow_and_sees_batches_committed_after_it_connected(small: 
             project.sql("SELECT * FROM transactionz")
 
 
+def test_sql_rows_gives_python_values_as_duckdb_does_at_most_limit(small: Path) -> None:
+    with backline.open(small) as project:
+        columns, rows = project.sql_rows(
+            "SELECT sum(x) AS s, INTERVAL 1 HOUR AS i FROM range(3) r(x)", limit=5
+        )
+        # a HUGEINT sum is an int (the Arrow table has a Decimal), an INTERVAL a timedelta
+        assert columns == ["s", "i"] and rows == [(3, timedelta(hours=1))]
+        assert project.sql_rows("SELECT * FROM range(10) r(x)", limit=3) == (
+            ["x"],
+            [(0,), (1,), (2,)],
+        )
+        assert project.sql_rows("-- only a comment") == ([], [])
+        with pytest.raises(InvalidArgument, match=r"query failed: .*Tables: transactions"):
+            project.sql_rows("SELECT * FROM transactionz")
+        with pytest.raises(InvalidArgument, match=r"query failed: .*") as failed:
+            project.sql_rows("SELECT 'x'::INTEGER AS n FROM transactions")
+        assert "Tables:" not in str(failed.value)  # it failed while running, not on a name
+
+
+def test_ingest_reports_progress(small: Path) -> None:
+    seen: list[tuple[str, float]] = []
+    with backline.open(small) as project:
+        path = _parquet(small, [tx(OTHER, T0, 3.0)])
+        result = project.ingest("transactions", path, progress=lambda s, d: seen.append((s, d)))
+    assert result.rows_accepted == 1 and seen and all(0 <= d <= 1 for _, d in seen)
+
+
 def _parquet(root: Path, rows: list[dict[str, Any]]) -> Path:
     path = root / "data" / f"extra-{len(list((root / 'data').glob('extra-*')))}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)

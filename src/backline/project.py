@@ -187,12 +187,15 @@ class Project:
 
     # -- ingestion and the offline store ---------------------------------------------------------
 
-    def ingest(self, source: str, path: str | PathLike[str]) -> IngestResult:
-        """Validate a file or folder into `source`: see `backline.data.ingest.ingest`."""
+    def ingest(
+        self, source: str, path: str | PathLike[str], *, progress: Progress | None = None
+    ) -> IngestResult:
+        """Validate a file or folder into `source`: see `backline.data.ingest.ingest`.
+        `progress(stage, fraction_done)` is called as it goes."""
         from backline.data.ingest import ingest
 
         self._check_open()
-        return ingest(self.config, source, Path(path))
+        return ingest(self.config, source, Path(path), progress=progress)
 
     def sql(self, query: str) -> pa.Table:
         """Run a DuckDB query over the offline store (a view per source, and quarantine,
@@ -205,10 +208,36 @@ class Project:
                 rel = con.sql(query)
                 return pa.table({}) if rel is None else rel.to_arrow_table()
             except duckdb.Error as exc:
-                tables = [*self.config.sources, "quarantine", "batches", "batch_stats"]
-                raise InvalidArgument(
-                    f"query failed: {str(exc).splitlines()[0]}. Tables: {', '.join(tables)}."
-                ) from None
+                raise self._query_failed(exc, tables=True) from None
+
+    def sql_rows(
+        self, query: str, *, limit: int | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Like `sql`, but the column names and at most `limit` rows as Python values the way
+        DuckDB gives them (a HUGEINT sum is an int, an INTERVAL a timedelta): what `backline
+        sql` prints. A statement that returns no result gives ([], [])."""
+        import duckdb
+
+        with self._lock:
+            con = self._connection()
+            try:
+                rel = con.sql(query)
+            except duckdb.Error as exc:
+                raise self._query_failed(exc, tables=True) from None
+            if rel is None:
+                return [], []
+            try:
+                rows = (rel if limit is None else rel.limit(limit)).fetchall()
+            except duckdb.Error as exc:  # found while running it: the tables are not the matter
+                raise self._query_failed(exc, tables=False) from None
+            return list(rel.columns), rows
+
+    def _query_failed(self, exc: Exception, *, tables: bool) -> InvalidArgument:
+        message = f"query failed: {str(exc).splitlines()[0]}"
+        if tables:
+            names = [*self.config.sources, "quarantine", "batches", "batch_stats"]
+            message += f". Tables: {', '.join(names)}."
+        return InvalidArgument(message)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         """The DuckDB connection, made again when a batch was committed since it was made (its
@@ -312,6 +341,7 @@ class Project:
 
         entity_rows = _rows(entities, "entities")
         request_rows = None if request is None else _rows(request, "request")
+        plan = self._plan(service)  # an unknown service fails before the store is opened
         return get_online_features(
             self.config,
             self.definitions,
@@ -320,7 +350,7 @@ class Project:
             request_rows=request_rows,
             at=at,
             store=self._online_store(),
-            plan=self._plan(service),
+            plan=plan,
         )
 
     # -- models ------------------------------------------------------------------------------

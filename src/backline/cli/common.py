@@ -1,5 +1,5 @@
-"""Helpers every command group shares: how to name this program, where the project is, a
-progress bar, and argument converters."""
+"""Helpers every command group shares: how to name this program, the project handle a command
+works on, a progress bar, and argument converters."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from backline.core.console import err
 from backline.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from backline.project import Project
 
 
 def cli_name() -> str:
@@ -39,10 +42,13 @@ def _project(args: argparse.Namespace) -> Path:
     return find_project()
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace) -> Project:
+    """The handle on the project `--project` names (or the nearest one holding backline.toml),
+    for a `with` block, so the command's connections are closed when it ends."""
     from backline.core.config import load_config
+    from backline.project import Project
 
-    return load_config(_project(args))
+    return Project(load_config(_project(args)))
 
 
 @contextmanager

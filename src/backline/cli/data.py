@@ -8,14 +8,17 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from backline.cli.common import _config, _positive, _progress, cli_name
+from backline.cli.common import _open, _positive, _progress, cli_name
 from backline.core.console import err, out
-from backline.core.errors import BacklineError, UsageError
+from backline.core.errors import BacklineError
+
+if TYPE_CHECKING:
+    from backline.project import Project
 
 
 def add_commands(sub: Any) -> None:
@@ -149,11 +152,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from backline.data.ingest import ingest
-
-    cfg = _config(args)
-    with _progress(not args.json and err.is_terminal, f"ingesting {args.source}") as tick:
-        result = ingest(cfg, args.source, Path(args.path), progress=tick)
+    with (
+        _open(args) as project,
+        _progress(not args.json and err.is_terminal, f"ingesting {args.source}") as tick,
+    ):
+        result = project.ingest(args.source, args.path, progress=tick)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -191,26 +194,10 @@ def _print_ingest(result: Any) -> None:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    import duckdb
-
-    from backline.data.offline_store import OfflineStore
-
-    cfg = _config(args)
-    store = OfflineStore.open(cfg)
-    con = store.connect_duckdb(cfg.sources.values())
-    try:
-        rel = con.sql(args.query)
-    except duckdb.Error as exc:
-        raise UsageError(
-            f"query failed: {str(exc).splitlines()[0]}. Tables: {', '.join(_tables(cfg))}."
-        ) from None
-    if rel is None:
+    with _open(args) as project:
+        columns, rows = project.sql_rows(args.query, limit=args.max_rows + 1)
+    if not columns:  # nothing to run: an empty query, or a comment alone
         return 0
-    columns = rel.columns
-    try:
-        rows = rel.limit(args.max_rows + 1).fetchall()
-    except duckdb.Error as exc:
-        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
     truncated = len(rows) > args.max_rows
     rows = rows[: args.max_rows]
     if args.format == "json":
@@ -232,14 +219,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tables(cfg: Any) -> list[str]:
-    return [*cfg.sources, "quarantine", "batches", "batch_stats"]
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
+    with _open(args) as project:
+        return _doctor(project, args.json)
+
+
+def _doctor(project: Project, as_json: bool) -> int:
     from backline.core.uris import check_reachable
 
-    cfg = _config(args)
+    cfg = project.config
     checks: list[dict[str, Any]] = []
 
     def check(name: str, probe: Callable[..., str], *args: Any) -> None:
@@ -252,9 +240,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         check(f"{key}.uri", check_reachable, cfg.store_uri(key))
     check("offline.catalog", check_reachable, cfg.catalog_uri)
     if _has_section(cfg.root, "train"):
-        check("train", _train_ready, cfg)
+        check("train", _train_ready, project)
     problems = sum(not c["ok"] for c in checks)
-    if args.json:
+    if as_json:
         print(json.dumps({"ok": not problems, "checks": checks, "sources": list(cfg.sources)}))
         return 2 if problems else 0
     for c in checks:
@@ -274,11 +262,11 @@ def _has_section(root: Path, name: str) -> bool:
     return name in tomllib.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
 
 
-def _train_ready(cfg: Any) -> str:
+def _train_ready(project: Project) -> str:
     """What `backline train` will need from [train]: its sources and its feature service."""
     from backline.core.errors import ConfigError
-    from backline.features.repository import load_definitions
 
+    cfg = project.config
     t = cfg.train
     known = ", ".join(cfg.sources) or "none are declared"
     for key in ("entity_source", "label_source"):
@@ -288,6 +276,5 @@ def _train_ready(cfg: Any) -> str:
                 f"train.{key} = {name!r} names no source in backline.toml (sources: {known}). "
                 f"Set train.{key} to a declared source, or declare [sources.{name}]."
             )
-    defs = load_definitions(cfg)
-    defs.service(t.service)  # a NotFoundError with the known services
+    project.definitions.service(t.service)  # a NotFoundError with the known services
     return f"service {t.service}, examples from {t.entity_source}, labels from {t.label_source}"

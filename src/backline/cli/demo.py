@@ -6,7 +6,7 @@ import argparse
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -14,6 +14,9 @@ from rich.table import Table
 from backline.cli.common import _positive, _progress, cli_name
 from backline.cli.data import _print_ingest
 from backline.core.console import err, out
+
+if TYPE_CHECKING:
+    from backline.project import Project
 
 
 def add_commands(sub: Any) -> None:
@@ -35,17 +38,28 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from backline.core.config import load_config
     from backline.core.workspace import init_project
-    from backline.data.generator import GeneratorConfig, generate, write_generated
-    from backline.data.ingest import ingest
-    from backline.data.offline_store import OfflineStore
+    from backline.project import open as open_project
 
     target = Path(args.dir)
     if target.exists() and args.fresh:
         shutil.rmtree(target)
     root = init_project(target, force=True)
-    cfg = load_config(root)
+    with open_project(root) as project:
+        promoted = _demo(project, root, args)
+    bl = cli_name()
+    out.print(f"Explore it: cd {shlex.quote(str(root))}, then")
+    out.print(f'  {bl} sql "SELECT source, rows_accepted, rows_quarantined FROM batches"')
+    out.print(f"  {bl} models list")
+    if promoted:
+        out.print(f"  {bl} models show fraud@champion")
+    return 0
+
+
+def _demo(project: Project, root: Path, args: argparse.Namespace) -> bool:
+    """Steps 1-10 of the demo, on the project just made; whether a champion was promoted."""
+    from backline.data.generator import GeneratorConfig, generate, write_generated
+
     out.print("[bold]backline demo: card-fraud scoring[/]\n" + "─" * 40)
     out.print(f"1. project      {root}")
     gen = GeneratorConfig(days=args.days, cards=args.cards, seed=args.seed, corrupt=0.002)
@@ -60,11 +74,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     for step, source in ((3, "transactions"), (4, "labels")):
         with _progress(show, f"ingesting {source}") as tick:
-            result = ingest(cfg, source, paths[source], progress=tick)
+            result = project.ingest(source, paths[source], progress=tick)
         out.print(f"{step}. ingested     {source}")
         _print_ingest(result)
-    store = OfflineStore.open(cfg)
-    con = store.connect_duckdb(cfg.sources.values())
     out.print("5. what landed (backline sql)")
     for title, query in (
         (
@@ -87,28 +99,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "ORDER BY source, reason",
         ),
     ):
-        rel = con.sql(query)
-        table = Table(*rel.columns, title=title, title_justify="left")
-        for row in rel.fetchall():
+        columns, rows = project.sql_rows(query)
+        table = Table(*columns, title=title, title_justify="left")
+        for row in rows:
             table.add_row(*(str(v) for v in row))
         out.print(table)
-    _demo_features(cfg, data.transactions)
-    promoted = _demo_training(cfg, args.steps)
-    bl = cli_name()
-    out.print(f"Explore it: cd {shlex.quote(str(root))}, then")
-    out.print(f'  {bl} sql "SELECT source, rows_accepted, rows_quarantined FROM batches"')
-    out.print(f"  {bl} models list")
-    if promoted:
-        out.print(f"  {bl} models show fraud@champion")
-    return 0
+    _demo_features(project, data.transactions)
+    return _demo_training(project, args.steps)
 
 
-def _demo_training(cfg: Any, steps: int) -> bool:
+def _demo_training(project: Project, steps: int) -> bool:
     """Steps 9-10 of the demo: train and register a model, gate it, promote it."""
-    from backline.pipeline.train import gate, train_and_register
-    from backline.registry import open_registry
+    from backline.pipeline.train import gate
 
-    registered = train_and_register(cfg, max_steps=steps, progress=err.is_terminal)
+    registered = project.train(max_steps=steps, progress=err.is_terminal)
     m, version = registered.train.metrics, registered.version
     out.print(
         f"9. trained      {registered.train.steps} steps on {registered.train.train_examples:,} "
@@ -116,13 +120,12 @@ def _demo_training(cfg: Any, steps: int) -> bool:
         f"recall {m.recall_at_fpr:.3f} at {m.target_fpr:.0%} FPR -> registered "
         f"{version.model} v{version.version} (serving package: {registered.package.served})"
     )
-    record = gate(cfg, version.model, version.version)
+    record = gate(project.config, version.model, version.version)
     verdict = "passed" if record.passed else "failed"
     checks = ", ".join(f"{c.name} {'ok' if c.passed else 'FAIL'}" for c in record.checks)
     out.print(f"10. gate       {verdict}: {checks}")
     if record.passed:
-        with open_registry(cfg) as registry:
-            registry.promote(version.model, version.version, actor="demo", reason="demo run")
+        project.registry.promote(version.model, version.version, actor="demo", reason="demo run")
         out.print(f"    promoted   {version.model} v{version.version} is the champion")
         return True
     failed = "; ".join(c.detail for c in record.checks if not c.passed)
@@ -130,19 +133,14 @@ def _demo_training(cfg: Any, steps: int) -> bool:
     return False
 
 
-def _demo_features(cfg: Any, transactions: Any) -> None:
+def _demo_features(project: Project, transactions: Any) -> None:
     """Steps 6-8 of the demo: versioned features, a training set, an online read."""
     from datetime import timedelta
 
     import pyarrow as pa
 
-    from backline.features.history import get_historical_features
-    from backline.features.materialize import materialize
-    from backline.features.online import get_online_features
-    from backline.features.repository import apply, load_definitions
-
-    defs = load_definitions(cfg)
-    changes = [c for c in apply(cfg, defs) if c.action != "unchanged"]
+    changes = [c for c in project.apply() if c.action != "unchanged"]
+    defs = project.definitions
     out.print(
         f"6. features     applied {len(changes)} definitions from features.py "
         f"({len(defs.views)} views, {len(defs.on_demand)} on-demand, service fraud_v1)"
@@ -156,7 +154,7 @@ def _demo_features(cfg: Any, transactions: Any) -> None:
             "event_timestamp": burst["event_time"],
         }
     )
-    train = get_historical_features(cfg, defs, "fraud_v1", entities)
+    train = project.historical_features(entities, "fraud_v1")
     shown = [
         "card_id",
         "event_timestamp",
@@ -179,15 +177,10 @@ def _demo_features(cfg: Any, transactions: Any) -> None:
     last_event = max(t for t in end.to_pylist() if t.year < 2090)
     # a whole minute after the last event, so the printed --at reads exactly what is shown
     latest = (last_event + timedelta(minutes=1)).replace(second=0, microsecond=0)
-    result = materialize(cfg, defs, end=latest)
+    result = project.materialize(end=latest)
     card, merchant = burst["card_id"][0].as_py(), burst["merchant_id"][0].as_py()
-    online = get_online_features(
-        cfg,
-        defs,
-        "fraud_v1",
-        [{"card_id": card, "merchant_id": merchant}],
-        request_rows=[{"amount": 250.0}],
-        at=latest,
+    online = project.online_features(
+        "fraud_v1", {"card_id": card, "merchant_id": merchant}, request={"amount": 250.0}, at=latest
     )
     out.print(
         f"8. online       materialized {result.entities:,} entity values; "

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from backline.cli.common import _config, _pairs, _positive, _progress, cli_name
+from backline.cli.common import _open, _pairs, _positive, _progress, cli_name
 from backline.core.console import err, out
 from backline.core.errors import UsageError
 
@@ -91,18 +91,11 @@ def add_commands(sub: Any) -> argparse.ArgumentParser:
     return features
 
 
-def _definitions(args: argparse.Namespace) -> tuple[Any, Any]:
-    from backline.features.repository import load_definitions
-
-    cfg = _config(args)
-    return cfg, load_definitions(cfg)
-
-
 def cmd_features_plan(args: argparse.Namespace) -> int:
     from backline.features.repository import plan
 
-    cfg, defs = _definitions(args)
-    changes = plan(cfg, defs)
+    with _open(args) as project:
+        changes = plan(project.config, project.definitions)
     if args.json:
         print(json.dumps([dataclasses.asdict(c) for c in changes]))
         return 0
@@ -124,10 +117,8 @@ def cmd_features_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_features_apply(args: argparse.Namespace) -> int:
-    from backline.features.repository import apply
-
-    cfg, defs = _definitions(args)
-    changes = [c for c in apply(cfg, defs) if c.action != "unchanged"]
+    with _open(args) as project:
+        changes = [c for c in project.apply() if c.action != "unchanged"]
     if args.json:
         print(json.dumps([dataclasses.asdict(c) for c in changes]))
         return 0
@@ -141,20 +132,21 @@ def cmd_features_entities(args: argparse.Namespace) -> int:
     from backline.core.durations import parse_utc
     from backline.features.entities import entity_columns, entity_rows, write_entity_rows
 
-    cfg, defs = _definitions(args)
-    out_path = Path(args.out)
-    if out_path.suffix.lower() not in (".parquet", ".csv"):
-        raise UsageError(f"--out {args.out} must end in .parquet or .csv.")
-    cols = entity_columns(cfg, defs, args.service, args.source)
-    table = entity_rows(
-        cfg,
-        defs,
-        args.service,
-        source=args.source,
-        start=parse_utc(args.start, what="--start") if args.start else None,
-        end=parse_utc(args.end, what="--end") if args.end else None,
-        limit=args.limit,
-    )
+    with _open(args) as project:
+        cfg, defs = project.config, project.definitions
+        out_path = Path(args.out)
+        if out_path.suffix.lower() not in (".parquet", ".csv"):
+            raise UsageError(f"--out {args.out} must end in .parquet or .csv.")
+        cols = entity_columns(cfg, defs, args.service, args.source)
+        table = entity_rows(
+            cfg,
+            defs,
+            args.service,
+            source=args.source,
+            start=parse_utc(args.start, what="--start") if args.start else None,
+            end=parse_utc(args.end, what="--end") if args.end else None,
+            limit=args.limit,
+        )
     write_entity_rows(table, out_path)
     if args.json:
         print(
@@ -182,25 +174,26 @@ def cmd_features_entities(args: argparse.Namespace) -> int:
 def cmd_features_history(args: argparse.Namespace) -> int:
     from backline.features.history import write_historical_features
 
-    cfg, defs = _definitions(args)
-    entities = Path(args.entities)
-    if not entities.is_file():
-        raise UsageError(
-            f"--entities {entities} does not exist. Give a .parquet or .csv file of join keys "
-            f"and {args.timestamp_column}; `{cli_name()} features entities --service "
-            f"{args.service} --out {entities}` makes one from a source's events."
-        )
-    with _progress(err.is_terminal and not args.json, f"building {args.service}") as tick:
-        tick("joining", 0.1)
-        rows = write_historical_features(
-            cfg,
-            defs,
-            args.service,
-            entities,
-            Path(args.out),
-            timestamp_column=args.timestamp_column,
-            engine=args.engine,
-        )
+    with _open(args) as project:
+        defs = project.definitions
+        entities = Path(args.entities)
+        if not entities.is_file():
+            raise UsageError(
+                f"--entities {entities} does not exist. Give a .parquet or .csv file of join "
+                f"keys and {args.timestamp_column}; `{cli_name()} features entities --service "
+                f"{args.service} --out {entities}` makes one from a source's events."
+            )
+        with _progress(err.is_terminal and not args.json, f"building {args.service}") as tick:
+            tick("joining", 0.1)
+            rows = write_historical_features(
+                project.config,
+                defs,
+                args.service,
+                entities,
+                Path(args.out),
+                timestamp_column=args.timestamp_column,
+                engine=args.engine,
+            )
     if args.json:
         print(json.dumps({"rows": rows, "service": args.service, "out": args.out}))
         return 0
@@ -210,7 +203,6 @@ def cmd_features_history(args: argparse.Namespace) -> int:
 
 def cmd_features_materialize(args: argparse.Namespace) -> int:
     from backline.core.durations import parse_utc
-    from backline.features.materialize import materialize
 
     if args.incremental and (args.start or args.end):
         raise UsageError("use either --incremental or --start/--end, not both.")
@@ -218,17 +210,16 @@ def cmd_features_materialize(args: argparse.Namespace) -> int:
         raise UsageError(
             "say what to materialize: --incremental, or --end T (and optionally --start T)."
         )
-    cfg, defs = _definitions(args)
-    with _progress(err.is_terminal, "materializing") as tick:
-        result = materialize(
-            cfg,
-            defs,
-            start=parse_utc(args.start, what="--start") if args.start else None,
-            end=parse_utc(args.end, what="--end") if args.end else None,
-            incremental=args.incremental,
-            views=args.view or None,
-            progress=tick,
-        )
+    with _open(args) as project:
+        project.definitions  # noqa: B018  (load features.py first: its errors come before --start's)
+        with _progress(err.is_terminal, "materializing") as tick:
+            result = project.materialize(
+                start=parse_utc(args.start, what="--start") if args.start else None,
+                end=parse_utc(args.end, what="--end") if args.end else None,
+                incremental=args.incremental,
+                views=args.view or None,
+                progress=tick,
+            )
     if args.json:
         print(json.dumps(dataclasses.asdict(result), default=str))
         return 0
@@ -260,18 +251,18 @@ def cmd_features_materialize(args: argparse.Namespace) -> int:
 
 def cmd_features_get(args: argparse.Namespace) -> int:
     from backline.core.durations import parse_utc
-    from backline.features.online import get_online_features
 
-    cfg, defs = _definitions(args)
-    entity = _pairs(args.keys, "", "card_id=card_0000123")
-    request: dict[str, Any] = {}
-    for key, value in _pairs(args.request or [], "--request ", "amount=12.5").items():
-        try:
-            request[key] = float(value)
-        except ValueError:
-            request[key] = value
-    at = parse_utc(args.at, what="--at") if args.at else None
-    result = get_online_features(cfg, defs, args.service, [entity], request_rows=[request], at=at)
+    with _open(args) as project:
+        project.definitions  # noqa: B018  (load features.py first: its errors come before the keys')
+        entity = _pairs(args.keys, "", "card_id=card_0000123")
+        request: dict[str, Any] = {}
+        for key, value in _pairs(args.request or [], "--request ", "amount=12.5").items():
+            try:
+                request[key] = float(value)
+            except ValueError:
+                request[key] = value
+        at = parse_utc(args.at, what="--at") if args.at else None
+        result = project.online_features(args.service, entity, request=request, at=at)
     row = result.to_dicts()[0]
     features = result.columns
     statuses = {name: result.status(0, name) for name in features}

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from backline.cli.common import _config
+from backline.cli.common import _open
 from backline.core.actor import audit_actor
 from backline.core.console import out
 from backline.core.errors import UsageError
@@ -311,11 +313,16 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from backline.pipeline.gate import gate_version
     from backline.train.dataset import build_training_set
 
-    cfg = _config(args)
-    holdout = build_training_set(cfg, service=cfg.train.service).holdout
-    with _registry(args) as registry:
+    with _open(args) as project:
+        cfg = project.config
+        holdout = build_training_set(cfg, service=cfg.train.service).holdout
         record = gate_version(
-            cfg, registry, args.model, args.version, holdout, remeasure=args.remeasure or None
+            cfg,
+            project.registry,
+            args.model,
+            args.version,
+            holdout,
+            remeasure=args.remeasure or None,
         )
     if args.json:
         _print_json(_jsonable(record))
@@ -422,10 +429,11 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     )
 
 
-def _registry(args: argparse.Namespace) -> Registry:
-    from backline.registry.store import open_registry
-
-    return open_registry(_config(args))
+@contextmanager
+def _registry(args: argparse.Namespace) -> Iterator[Registry]:
+    """The registry of the project handle, closed with it at the end of the block."""
+    with _open(args) as project:
+        yield project.registry
 
 
 def _actor(args: argparse.Namespace) -> str:

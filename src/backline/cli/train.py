@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import Any
 
-from backline.cli.common import _config, _positive, cli_name
+from backline.cli.common import _open, _positive, cli_name
 from backline.core.console import err, out
 
 
@@ -39,19 +39,16 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from backline.pipeline.train import train_and_register
-
-    cfg = _config(args)
-    registered = train_and_register(
-        cfg,
-        model_name=args.model,
-        service=args.service,
-        max_steps=args.max_steps,
-        resume=args.resume,
-        nproc=args.nproc,
-        device=args.device,
-        progress=err.is_terminal and not args.json,
-    )
+    with _open(args) as project:
+        registered = project.train(
+            model_name=args.model,
+            service=args.service,
+            max_steps=args.max_steps,
+            resume=args.resume,
+            nproc=args.nproc,
+            device=args.device,
+            progress=err.is_terminal and not args.json,
+        )
     result, version, pkg = registered.train, registered.version, registered.package
     if args.json:
         print(
