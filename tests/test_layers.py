@@ -21,7 +21,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"features"}),
     frozenset({"train", "registry"}),
     frozenset({"pipeline"}),
-    frozenset({"project", "cli"}),
+    frozenset({"project"}),
+    frozenset({"cli"}),
 )
 
 

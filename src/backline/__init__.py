@@ -11,8 +11,8 @@ One install, one project folder: ingest, features, training, registry, serving, 
 holds; docs/python-api.md shows it end to end.
 """
 
-from backline.project import Project, open
+__version__ = "0.1.0"  # first: modules below read it while this package is still importing
 
-__version__ = "0.1.0"
+from backline.project import Project, open
 
 __all__ = ["Project", "__version__", "open"]

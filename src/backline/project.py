@@ -374,30 +374,14 @@ class Project:
         from backline.package import load_package
         from backline.pipeline.gate import fetch_package
         from backline.registry import CHAMPION
+        from backline.registry.records import parse_model_spec
 
-        name, ref = _parse_spec(spec)
+        name, ref = parse_model_spec(spec)
         registry = self.registry
         version = registry.get(name, ref or CHAMPION)
         with tempfile.TemporaryDirectory(prefix="backline-model-") as tmp:
             folder = fetch_package(registry, name, version.version, Path(tmp) / "package")
             return load_package(folder, variant, verify=True)
-
-
-def _parse_spec(spec: str) -> tuple[str, str | None]:
-    if not isinstance(spec, str):
-        raise InvalidArgument(f"model spec {spec!r} is not text; pass e.g. 'fraud@champion'.")
-    for sep in ("@", ":"):
-        if sep in spec:
-            name, ref = spec.split(sep, 1)
-            if name and ref:
-                return name, ref
-            break
-    else:
-        if spec:
-            return spec, None
-    raise InvalidArgument(
-        f"{spec!r} is not MODEL, MODEL@ALIAS or MODEL:VERSION; e.g. fraud@champion or fraud:3."
-    )
 
 
 def _is_pandas(value: object) -> bool:

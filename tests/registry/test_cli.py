@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from backline.cli.models import add_commands, parse_spec
+from backline.cli.models import add_commands
 from backline.core.config import Config
 from backline.core.errors import (
     BacklineError,
     GateFailed,
     InvalidArgument,
     NotFoundError,
-    UsageError,
 )
 from backline.registry import Registry
+from backline.registry.records import parse_model_spec as parse_spec
 from tests.registry.conftest import gate, lineage, make_files
 
 
@@ -140,7 +140,7 @@ def test_errors_are_backline_errors(
     project = reg_cfg.root
     with pytest.raises(NotFoundError, match="no model 'fraud'"):
         run(project, "models", "show", "fraud@champion")
-    with pytest.raises(UsageError, match="is not MODEL, MODEL:VERSION or MODEL@ALIAS"):
+    with pytest.raises(InvalidArgument, match="is not MODEL, MODEL:VERSION or MODEL@ALIAS"):
         run(project, "models", "show", "fraud@")
     with pytest.raises(BacklineError, match=r"no backline\.toml"):
         run(tmp_path / "elsewhere", "models", "list")
@@ -153,5 +153,6 @@ def test_parse_spec() -> None:
     assert parse_spec("fraud") == ("fraud", None)
     assert parse_spec("fraud:3") == ("fraud", "3")
     assert parse_spec("fraud@champion") == ("fraud", "champion")
-    with pytest.raises(UsageError):
-        parse_spec(":3")
+    for bad in (":3", "fraud@", "", "@champion"):
+        with pytest.raises(InvalidArgument, match="is not MODEL, MODEL:VERSION or MODEL@ALIAS"):
+            parse_spec(bad)

@@ -30,7 +30,7 @@ from rich.table import Table
 from backline.cli.common import _open
 from backline.core.actor import audit_actor
 from backline.core.console import out
-from backline.core.errors import UsageError
+from backline.registry.records import parse_model_spec
 
 if TYPE_CHECKING:
     from backline.registry.store import Registry
@@ -169,7 +169,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    model, ref = parse_spec(args.spec)
+    model, ref = parse_model_spec(args.spec)
     with _registry(args) as registry:
         if ref is None:
             return _show_model(registry, model, args.json)
@@ -412,21 +412,6 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """'fraud' -> ('fraud', None); 'fraud:3' -> ('fraud', '3'); 'fraud@champion' -> alias."""
-    for sep in ("@", ":"):
-        if sep in spec:
-            model, ref = spec.split(sep, 1)
-            if not model or not ref:
-                break
-            return model, ref
-    else:
-        return spec, None
-    raise UsageError(
-        f"{spec!r} is not MODEL, MODEL:VERSION or MODEL@ALIAS; e.g. fraud, fraud:3, fraud@champion."
-    )
 
 
 @contextmanager

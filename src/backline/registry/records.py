@@ -264,3 +264,23 @@ def check_from_obj(obj: Any) -> GateCheck:
         passed=bool(obj["passed"]),
         detail=obj.get("detail", ""),
     )
+
+
+def parse_model_spec(spec: str) -> tuple[str, str | None]:
+    """'fraud' -> ('fraud', None); 'fraud:3' -> ('fraud', '3'); 'fraud@champion' ->
+    ('fraud', 'champion'). What follows the name is a version or an alias; the registry tells
+    which when it resolves it."""
+    if not isinstance(spec, str):
+        raise InvalidArgument(f"model spec {spec!r} is not text; pass e.g. 'fraud@champion'.")
+    for sep in ("@", ":"):
+        if sep in spec:
+            name, ref = spec.split(sep, 1)
+            if name and ref:
+                return name, ref
+            break
+    else:
+        if spec:
+            return spec, None
+    raise InvalidArgument(
+        f"{spec!r} is not MODEL, MODEL:VERSION or MODEL@ALIAS; e.g. fraud, fraud:3, fraud@champion."
+    )
