@@ -300,28 +300,44 @@ def run_group(
             result.sampled = len(pick)
             chosen += sorted(pick)
         started = time.monotonic()
-        with log.open("a") as out:
-            proc = subprocess.Popen(
-                [*nice, *mutmut, "run", "--max-children", str(args.max_children), *chosen],
-                cwd=work,
-                env=env,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
+        # A second try when mutmut stops before any mutant ran: its first step runs the mapped
+        # tests once with `-x`, so one flaky test on a loaded machine would lose the group.
+        for attempt in (1, 2):
+            left = timeout - (time.monotonic() - started)
+            with log.open("a") as out:
+                proc = subprocess.Popen(
+                    [*nice, *mutmut, "run", "--max-children", str(args.max_children), *chosen],
+                    cwd=work,
+                    env=env,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                )
+                try:
+                    proc.wait(timeout=max(left, 1))
+                except subprocess.TimeoutExpired:
+                    stop(proc)
+                    print(
+                        f"  {group.name}: stopped after {timeout:.0f} s; unrun mutants not counted"
+                    )
+                except BaseException:  # Ctrl-C: take mutmut and its workers down too
+                    stop(proc)
+                    raise
+            print(
+                f"  {group.name}: mutmut ran {time.monotonic() - started:.0f} s (exit {proc.returncode})"
             )
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                stop(proc)
-                print(f"  {group.name}: stopped after {timeout:.0f} s; unrun mutants not counted")
-            except BaseException:  # Ctrl-C: take mutmut and its workers down too
-                stop(proc)
-                raise
-        print(
-            f"  {group.name}: mutmut ran {time.monotonic() - started:.0f} s (exit {proc.returncode})"
-        )
-        if proc.returncode not in (0, -signal.SIGTERM):
+            if proc.returncode in (0, -signal.SIGTERM):
+                break
             print(f"  {group.name}: mutmut failed (a clean test run failing?); see {log}")
+            ran = any(
+                code is not None
+                for r in results
+                if not r.status["missing"]
+                for code in meta(work, r.path).values()
+            )
+            if ran or attempt == 2:
+                break
+            print(f"  {group.name}: no mutant ran; trying once more")
         for result in results:
             if result.status["missing"]:
                 continue
