@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,12 @@ import pytest
 import torch
 
 from backline.core.errors import ConfigError
+from backline.train.checkpoint import CheckpointStore, load_checkpoint
 from backline.train.loop import (
     LOSS_LOG,
     TrainingInterrupted,
     TrainProgress,
+    TrainSpec,
     fit,
     prepare_run_dir,
 )
@@ -75,6 +78,37 @@ def test_warmup_then_cosine_to_the_floor() -> None:
     f = WarmupCosine(warmup=4, total=104, floor=0.1)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(54) == pytest.approx(0.55) and f(104) == pytest.approx(0.1)
+
+
+def test_the_trainers_schedule_decays_to_a_tenth_of_the_peak(tmp_path: Path) -> None:
+    """The schedule `fit` builds (WarmupCosine with its default floor, docs/training.md: "cosine
+    decay to a tenth of the peak at train.max_steps"), read back from its checkpoints."""
+    spec = small_spec(max_steps=40, warmup_steps=10, checkpoint_every=5, keep_checkpoints=100)
+    prepare_run_dir(tmp_path, spec, synthetic_data())
+    fit(spec, synthetic_data(), tmp_path, notify=lambda _: None)
+    lrs = {}
+    for path in CheckpointStore(tmp_path / "checkpoints", keep=100).committed():
+        loaded = load_checkpoint(path)
+        lrs[loaded.payloads["trainer.pt"]["step"]] = loaded.payloads["optimizer.pt"][
+            "param_groups"
+        ][0]["lr"]
+    assert sorted(lrs) == list(range(5, 41, 5))
+    peak = spec.learning_rate
+    assert lrs[5] == pytest.approx(peak * 6 / 10)  # warm-up: (step + 1) / warmup
+    assert lrs[10] == pytest.approx(peak)  # the end of warm-up
+    assert peak > lrs[15] > lrs[20] > lrs[25] > lrs[30] > lrs[35] > lrs[40]
+    assert lrs[25] == pytest.approx(peak * 0.55)  # half way down the cosine
+    assert lrs[40] == pytest.approx(peak * 0.1)  # the floor
+    # the same schedule built the way the trainer builds it, with the defaults of TrainSpec
+    default = replace(spec, warmup_steps=TrainSpec.warmup_steps, max_steps=1000)
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=default.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(default.warmup_steps, default.max_steps)
+    )
+    for _ in range(default.max_steps):
+        optimizer.step()
+        schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(default.learning_rate * 0.1)
 
 
 def test_loss_log_is_cut_back_to_the_resume_step(tmp_path: Path) -> None:
