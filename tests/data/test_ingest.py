@@ -675,3 +675,98 @@ def test_an_integer_column_never_rounds_a_fraction(tmp_path: Path) -> None:
     result = ingest(cfg, "n", tmp_path / "n.parquet")
     assert (result.rows_accepted, result.quarantine_reasons) == (1, {"type_mismatch": 2})
     assert query(cfg, "SELECT n FROM n WHERE k = 'b'") == [(3,)]
+
+
+def _two_column_key_project(tmp_path: Path) -> Config:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "backline.toml").write_text(
+        '[sources.c]\nprimary_key = ["a", "b"]\nevent_time = "t"\n'
+        '[sources.c.columns.a]\ntype = "string"\n[sources.c.columns.b]\ntype = "string"\n'
+        '[sources.c.columns.t]\ntype = "timestamp"\n[sources.c.columns.n]\ntype = "int64"\n'
+    )
+    return load_config(root, env={})
+
+
+def _keyed_csv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    t = "2026-01-02T00:00:00Z"
+    path.write_text("a,b,t,n\n" + "".join(f"{a},{b},{t},{n}\n" for a, b, n in rows))
+    return path
+
+
+def test_a_two_column_key_compares_every_column_and_keeps_them_apart(tmp_path: Path) -> None:
+    """Rows that share the first key column, or whose key columns would run together when
+    joined ("a", "bc") and ("ab", "c"), are different keys; only whole-key repeats are
+    duplicates, in the batch and against the store."""
+    cfg = _two_column_key_project(tmp_path)
+    first = _keyed_csv(
+        tmp_path / "one.csv",
+        [
+            ("x", "1", 1),  # line 2
+            ("x", "2", 2),  # 3: differs only in the second column
+            ("a", "bc", 3),  # 4
+            ("ab", "c", 4),  # 5: "abc" like line 4 when joined without a separator
+            ("x", "1", 5),  # 6: the whole key of line 2 again
+        ],
+    )
+    result = ingest(cfg, "c", first)
+    assert (result.rows_accepted, result.quarantine_reasons) == (4, {"duplicate_key_in_batch": 1})
+    assert query(cfg, "SELECT line, reason FROM quarantine") == [(6, "duplicate_key_in_batch")]
+    second = _keyed_csv(
+        tmp_path / "two.csv",
+        [
+            ("x", "3", 6),  # line 2: new, shares its first column with stored keys
+            ("x", "2", 7),  # 3: stored
+            ("ab", "c", 8),  # 4: stored
+            ("abc", "d", 9),  # 5: new
+            ("a", "bcd", 10),  # 6: new
+            ("a", "bc", 11),  # 7: stored
+        ],
+    )
+    result = ingest(cfg, "c", second)
+    assert (result.rows_accepted, result.quarantine_reasons) == (3, {"duplicate_key": 3})
+    assert query(cfg, "SELECT line FROM quarantine WHERE reason = 'duplicate_key' ORDER BY 1") == [
+        (3,),
+        (4,),
+        (7,),
+    ]
+    assert query(cfg, "SELECT a, b, n FROM c ORDER BY n") == [
+        ("x", "1", 1),
+        ("x", "2", 2),
+        ("a", "bc", 3),
+        ("ab", "c", 4),
+        ("x", "3", 6),
+        ("abc", "d", 9),
+        ("a", "bcd", 10),
+    ]
+
+
+def test_every_stored_row_carries_its_batch_ingest_time_in_utc(cfg: Config, tmp_path: Path) -> None:
+    from datetime import datetime, timedelta
+
+    ingest(cfg, "transactions", write_csv(tmp_path / "a.csv", [row(i) for i in range(5)]))
+    ingest(cfg, "transactions", write_csv(tmp_path / "b.csv", [row(i) for i in range(5, 8)]))
+    store = OfflineStore.open(cfg)
+    batches = store.batches("transactions")
+    assert len(batches) == 2
+    when = {b.batch_id: datetime.fromisoformat(b.ingested_at) for b in batches}
+    assert all(t.utcoffset() == timedelta(0) for t in when.values())
+    assert when[batches[0].batch_id] != when[batches[1].batch_id]
+    stored = pa.concat_tables(
+        pq.read_table(f, columns=["ingested_at", "batch_id"])
+        for f in store.files("data", "transactions")
+    )
+    assert stored.num_rows == 8 and stored.column("ingested_at").null_count == 0
+    assert stored.schema.field("ingested_at").type == pa.timestamp("us", tz="UTC")
+    for stamp, batch in zip(
+        stored.column("ingested_at").to_pylist(), stored.column("batch_id").to_pylist(), strict=True
+    ):
+        assert stamp.utcoffset() == timedelta(0)  # tz-aware (a naive one answers None), UTC
+        assert stamp == when[batch]
+    # the same instants through SQL, as `backline sql` shows them
+    per_batch = dict(query(cfg, "SELECT batch_id, epoch_us(ingested_at) FROM batches"))
+    stored_sql = query(
+        cfg, "SELECT batch_id, epoch_us(ingested_at), count(*) FROM transactions GROUP BY ALL"
+    )
+    assert sorted((b, us) for b, us, _ in stored_sql) == sorted(per_batch.items())
+    assert sum(n for _, _, n in stored_sql) == 8
