@@ -306,6 +306,65 @@ def test_training_sets_equal_a_brute_force_reference(scenario: tuple) -> None:
         assert_rows_match(table, events, rows)
 
 
+def test_an_aggregate_window_longer_than_the_views_ttl_reads_its_whole_window(
+    tmp_path: Path,
+) -> None:
+    """`ttl` is how old a plain view's latest row may be; an aggregate covers (T - window, T]
+    whatever the view's ttl, so a training set (and the online store) must read back as far as
+    the longest window, not only as far as the ttl."""
+    features = """
+from backline.features import Aggregate, Entity, FeatureService, FeatureView
+
+card = Entity("card", join_keys=["card_id"])
+week = FeatureView("week", entities=[card], source="transactions", ttl="1d", aggregates=[
+    Aggregate("count", window="7d"),
+    Aggregate("sum", "amount", window="7d"),
+    Aggregate("count", window="1h"),
+])
+svc = FeatureService("svc", [week])
+"""
+    cfg = make_project(tmp_path / "p", features)
+    defs = load_definitions(cfg)
+    ages = [timedelta(days=8), timedelta(days=6), timedelta(days=2), timedelta(hours=20)]
+    events = [
+        {
+            "id": i,
+            "card": "card_0000001",
+            "t": T0 - age,
+            "amount": float(10**i),
+            "country": "US",
+            "device": None,
+        }
+        for i, age in enumerate(ages)
+    ]
+    load_events(cfg, events)
+    times = [T0, T0 - timedelta(days=1), T0 + timedelta(days=2)]
+    got = get_historical_features(
+        cfg, defs, "svc", entity_table([("card_0000001", t, 1.0) for t in times])
+    ).to_pylist()
+
+    def direct(t: datetime) -> dict[str, object]:
+        inside = [e for e in events if t - timedelta(days=7) < e["t"] <= t]
+        return {
+            "count_7d": len(inside),
+            "amount_sum_7d": math.fsum(e["amount"] for e in inside) if inside else None,
+            "count_1h": sum(t - timedelta(hours=1) < e["t"] <= t for e in events),
+        }
+
+    assert [{k: row[k] for k in ("count_7d", "amount_sum_7d", "count_1h")} for row in got] == [
+        direct(t) for t in times
+    ]
+    assert got[0]["count_7d"] == 3 and got[0]["amount_sum_7d"] == 1110.0  # 6d and 2d are past ttl
+    from backline.features.materialize import materialize
+    from backline.features.online import get_online_features
+
+    materialize(cfg, defs)
+    online = get_online_features(
+        cfg, defs, "svc", [{"card_id": "card_0000001"}], at=T0 + timedelta(days=2)
+    )
+    assert online.to_dicts()[0] == {"card_id": "card_0000001", **direct(T0 + timedelta(days=2))}
+
+
 def test_later_events_never_leak_into_earlier_rows(tmp_path: Path) -> None:
     cfg = make_project(tmp_path / "p")
     base = [
