@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import threading
-from datetime import UTC, datetime
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -385,3 +387,39 @@ def test_a_file_that_is_not_a_database(project: Path) -> None:
     (project / ".backline" / "registry.db").write_bytes(b"not sqlite at all " * 100)
     with pytest.raises(StoreError, match=r"registry\.uri = 'sqlite:///\.backline/registry\.db'"):
         open_registry(load_config(project, env={}))
+
+
+@pytest.fixture
+def new_york_local_time() -> Iterator[None]:
+    """The process's local time zone is America/New_York (UTC-5 in January) for one test;
+    the test machines run in UTC, where local time and UTC cannot be told apart."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", "America/New_York")
+        time.tzset()
+        assert time.localtime(0).tm_hour == 19  # 1970-01-01T00:00Z is 19:00 the day before
+        try:
+            yield
+        finally:
+            mp.undo()
+            time.tzset()
+
+
+def test_datetimes_round_trip_as_utc_whatever_the_local_time_zone(
+    new_york_local_time: None, registry: Registry, files: dict[str, Path]
+) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = datetime(2026, 1, 31, 23, 30, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    before = datetime.now(UTC)
+    registry.register("fraud", files, lineage(data_start=start, data_end=end), actor="t")
+    after = datetime.now(UTC)
+    record = gate(passed=True)
+    registry.record_gate("fraud", 1, record)
+
+    mv = registry.get("fraud", 1)
+    got = [mv.lineage.data_start, mv.lineage.data_end, mv.created_at]
+    assert all(t is not None and t.utcoffset() == timedelta(0) for t in got)
+    assert (mv.lineage.data_start, mv.lineage.data_end) == (start, end)
+    assert mv.lineage.data_end == datetime(2026, 1, 31, 18, 0, tzinfo=UTC)
+    assert before <= mv.created_at <= after
+    stored = registry.gate_of("fraud", 1)
+    assert stored == record and stored.evaluated_at.utcoffset() == timedelta(0)
