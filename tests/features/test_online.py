@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from backline.core.hashing import hash_values
 from backline.features.definitions import Definitions
 from backline.features.materialize import materialize
 from backline.features.online import ReadPlan, get_online_features, open_online_store
-from backline.features.repository import load_definitions
+from backline.features.repository import load_definitions, require_applied
 from tests.features.online_support import (
     T0,
     assert_matches,
@@ -267,6 +267,41 @@ def test_fraud_example_service_reads_every_feature(
     assert_matches(got, reference(defs, "fraud_v1", rows, entity, T0, {"amount": 40.0}))
     assert got["count_10m"] == 1 and got["amount_sum_1h"] == 40.0 and got["last_country"] == "FR"
     assert got["amount_to_mean_30d"] == 2.0
+
+
+def test_clear_empties_the_store_and_materializing_again_refills_it(loaded: Any) -> None:
+    cfg, defs, rows = loaded
+    versions = require_applied(cfg, defs, list(defs.views))
+    entity = {"card_id": CARD, "merchant_id": "m_000001"}
+    with open_online_store(cfg) as store:
+        assert all(store.entity_keys(v, ver) for v, ver in versions.items())
+        assert all(store.applied_batches(v, ver) for v, ver in versions.items())
+        store.clear()
+        assert all(not store.entity_keys(v, ver) for v, ver in versions.items())
+        assert all(not store.applied_batches(v, ver) for v, ver in versions.items())
+    out = get_online_features(
+        cfg, defs, "test_v1", [entity], request_rows=[{"amount": 70.0}], at=T0
+    )
+    assert set(out.statuses[0]) == {"missing"}
+    assert out.column("n_1h") == [0] and out.column("last_country") == [None]
+    # the watermark went too: an incremental run reads every batch again
+    assert [v.batches for v in materialize(cfg, defs, incremental=True).views] == [1, 1, 1]
+    assert_matches(
+        _read(cfg, defs, T0), reference(defs, "test_v1", rows, entity, T0, {"amount": 70.0})
+    )
+
+
+def test_the_result_carries_its_read_time_in_utc(loaded: Any) -> None:
+    cfg, defs, _ = loaded
+    entity = [{"card_id": CARD, "merchant_id": "m_000001"}]
+    amount = [{"amount": 1.0}]
+    plus_two = T0.astimezone(timezone(timedelta(hours=2)))
+    out = get_online_features(cfg, defs, "test_v1", entity, request_rows=amount, at=plus_two)
+    assert out.at == T0 and out.at.utcoffset() == timedelta(0)
+    before = datetime.now(UTC)
+    now = get_online_features(cfg, defs, "test_v1", entity, request_rows=amount)
+    after = datetime.now(UTC)
+    assert now.at.tzinfo is not None and before <= now.at <= after
 
 
 # -- errors -----------------------------------------------------------------------------------
