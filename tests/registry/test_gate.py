@@ -13,6 +13,7 @@ import pytest
 
 from backline.core.config import Config, GateSection
 from backline.core.errors import GateFailed, NotFoundError, SchemaError
+from backline.package import latency
 from backline.package.export import package
 from backline.package.metrics import average_precision, recall_at_fpr
 from backline.package.preprocess import Preprocessor
@@ -25,6 +26,7 @@ from backline.pipeline.gate import (
 from backline.registry import GateCheck, GateRecord, open_registry
 from tests.registry.conftest import lineage, make_files
 from tests.registry.test_export import CATEGORICAL, NUMERIC, make_table, train_model
+from tests.registry.test_latency import FreshMeasurement
 
 WHEN = datetime(2026, 3, 1, 12, tzinfo=UTC)
 GATE = GateSection(bootstrap_samples=300)
@@ -330,8 +332,12 @@ def test_digest_names_the_content() -> None:
 # --- against the registry ----------------------------------------------------------------------
 
 
-def test_gate_version_records_against_the_champion(cfg: Config, tmp_path: Path) -> None:
+def test_gate_version_records_against_the_champion(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = dataclasses.replace(cfg, gate=GateSection(bootstrap_samples=200, max_latency_ms=1e3))
+    fresh = FreshMeasurement(0.25)  # the gate's own timing, a stand-in: no verdict on the machine
+    monkeypatch.setattr(latency, "measure_request_latency", fresh)
     train, evaluation = make_table(6000, seed=1), make_table(1500, seed=3)
     pre = Preprocessor.fit(train, NUMERIC, CATEGORICAL, min_count=5)
     options = {"target_fpr": 0.01, "label_column": "is_fraud", "onnx": False, "latency_runs": 10}
@@ -347,6 +353,8 @@ def test_gate_version_records_against_the_champion(cfg: Config, tmp_path: Path) 
 
         first = gate_version(cfg, registry, "fraud", 1, evaluation)
         assert first.passed and first.champion_version is None
+        assert fresh.calls == []  # the packaged figure is within budget: judged as packaged
+        assert "measured when packaged" in checks(first)["latency_p99_ms"].detail
         assert "non_inferiority" not in checks(first)
         assert registry.gate_of("fraud", 1) == first
         registry.promote("fraud", 1, actor="ci")
@@ -371,3 +379,10 @@ def test_gate_version_records_against_the_champion(cfg: Config, tmp_path: Path) 
         )
         with pytest.raises(NotFoundError, match="has no serving package"):
             gate_version(cfg, registry, "plain", 1, evaluation)
+
+        # `models gate --remeasure`: timed again even though the packaged figure passes
+        assert fresh.calls == []
+        remeasured = gate_version(cfg, registry, "fraud", 2, evaluation, remeasure=True)
+        check = checks(remeasured)["latency_p99_ms"]
+        assert check.value == 0.25 and "re-measured at the gate on request" in check.detail
+        assert len(fresh.calls) == 1 and registry.gate_of("fraud", 2) == remeasured
