@@ -239,11 +239,14 @@ def test_a_read_before_the_materialized_end_is_exact_or_refused(
         get_online_features(cfg, defs, "windows_v1", [busy_entity], at=early)
     message = str(refused.value)
     assert "'card_stats' for card_id=card_0000001 at 2026-01-12T04:00:00Z" in message
+    assert "it holds its events as materialized" in message
     assert "reads from 2026-01-13T06:00:00Z on" in message  # latest event (66h) - 1d + 1d
     assert "materialize with --end 2026-01-12T04:00:00Z" in message
     assert "backline features history" in message
     # a plain view's stored row is newer than `at`: refused, though its windows would not be
-    with pytest.raises(OnlineRangeError, match=r"'card_last' for card_id=card_0000002"):
+    with pytest.raises(
+        OnlineRangeError, match=r"'card_last' for card_id=card_0000002.*holds its latest row as"
+    ):
         get_online_features(cfg, defs, "test_v1", [entity], request_rows=[{"amount": 1.0}], at=T0)
     # doing what the message says makes the read exact
     materialize(cfg, defs, end=early)

@@ -7,6 +7,7 @@ own, deleted afterwards).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -399,6 +400,25 @@ def test_unreachable_redis_is_a_store_error_naming_the_fix(tmp_path: Path) -> No
         open_online_store(down)
     with pytest.raises(StoreError, match="BACKLINE_ONLINE_URI"):
         get_online_features(down, defs, "test_v1", [{"card_id": CARD, "merchant_id": "m"}], at=T0)
+
+
+def test_an_online_uri_under_a_file_is_a_store_error_naming_the_fix(tmp_path: Path) -> None:
+    cfg, defs = make_project(tmp_path / "p")
+    from backline.core.config import load_config
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    uri = f"sqlite:///{blocker}/online.db"
+    blocked = load_config(cfg.root, env={"BACKLINE_ONLINE_URI": uri})
+    fix = r"cannot create .*a-file.*Point online\.uri \(or BACKLINE_ONLINE_URI\) at a folder"
+    with pytest.raises(
+        StoreError, match=rf"^online\.uri = '{re.escape(uri)}': {fix} you can write\.$"
+    ):
+        open_online_store(blocked)
+    with pytest.raises(StoreError, match=fix):
+        get_online_features(
+            blocked, defs, "test_v1", [{"card_id": CARD, "merchant_id": "m"}], at=T0
+        )
 
 
 # -- one round trip ---------------------------------------------------------------------------
