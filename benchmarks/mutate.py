@@ -121,7 +121,10 @@ GROUPS = (
                 "tests/registry/test_registry.py",
                 "tests/registry/test_atomicity.py",
             ),
-            "src/backline/pipeline/gate.py": ("tests/registry/test_gate.py",),
+            "src/backline/pipeline/gate.py": (
+                "tests/registry/test_gate.py",
+                "tests/registry/test_latency.py",
+            ),
         },
     ),
     Group(

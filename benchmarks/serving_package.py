@@ -42,20 +42,31 @@ def main() -> int:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.steps))
         pkg = train_and_register(cfg, progress=False).package
         print(f"backline serving package: {args.cards} cards, {args.days} days, {args.steps} steps")
+        # p99 columns: the best round's p99 (what the gate judges) / the median round's p99
+        # (the machine's load shows there); p50 is over every timed call.
         print(
             f"{'variant':<8} {'kept':>5} {'parity max |dp|':>16} {'AUC-PR':>8} "
-            f"{'b1 p50 ms':>10} {'b1 p99 ms':>10} {'b256 p50 ms':>12} {'b256 p99 ms':>12} {'bytes':>9}"
+            f"{'b1 p50':>8} {'b1 p99 best/median':>19} {'b256 p50':>9} "
+            f"{'b256 p99 best/median':>21} {'bytes':>9}   (ms)"
         )
         for v in pkg.variants:
             one, batch = v.at(1), v.at(256)
             print(
                 f"{v.name:<8} {('yes' if v.kept else 'no'):>5} {v.parity_max_abs:>16.2e} "
-                f"{v.auc_pr:>8.4f} {one.p50_ms:>10.3f} {one.p99_ms:>10.3f} "
-                f"{batch.p50_ms:>12.3f} {batch.p99_ms:>12.3f} {v.size_bytes:>9,}"
+                f"{v.auc_pr:>8.4f} {one.p50_ms:>8.3f} {_p99(one):>19} "
+                f"{batch.p50_ms:>9.3f} {_p99(batch):>21} {v.size_bytes:>9,}"
             )
         print(f"served: {pkg.served}; int8: {pkg.int8_decision}")
     print("command: .venv/bin/python benchmarks/serving_package.py")
     return 0
+
+
+def _p99(latency: object) -> str:
+    """'best / median' of the rounds' p99s."""
+    import statistics
+
+    rounds = getattr(latency, "round_p99_ms", ()) or (latency.p99_ms,)  # type: ignore[attr-defined]
+    return f"{min(rounds):.3f} / {statistics.median(rounds):.3f}"
 
 
 if __name__ == "__main__":
