@@ -24,6 +24,7 @@ from backline.core.errors import (
     StoreError,
     UsageError,
 )
+from backline.core.workspace import init_project
 from backline.monitor.profile import profile_from_arrow
 from backline.registry import (
     CHAMPION,
@@ -423,3 +424,32 @@ def test_datetimes_round_trip_as_utc_whatever_the_local_time_zone(
     assert before <= mv.created_at <= after
     stored = registry.gate_of("fraud", 1)
     assert stored == record and stored.evaluated_at.utcoffset() == timedelta(0)
+
+
+def test_processes_opening_a_new_sqlite_registry_at_once_all_get_it(tmp_path: Path) -> None:
+    """Switching a new file to WAL needs it to itself, and SQLite answers 'database is locked'
+    at once, without its busy timeout, while another connection has it open: every opener must
+    wait for the lock instead of failing. Statistical: the race lost about 1 trial in 10."""
+    for trial in range(40):
+        cfg = load_config(init_project(tmp_path / f"p{trial}"), env={})
+        errors: list[BaseException] = []
+        start = threading.Barrier(6)
+
+        def opener(
+            cfg: Config = cfg,
+            errors: list[BaseException] = errors,
+            start: threading.Barrier = start,
+        ) -> None:
+            try:
+                start.wait()
+                with open_registry(cfg) as reg:
+                    reg.list_models()
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=opener) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, f"trial {trial}: {errors[0]}"

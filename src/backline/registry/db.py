@@ -11,6 +11,8 @@ Driver errors leave here as StoreErrors that name the URI (password masked) and 
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -115,13 +117,33 @@ def _sqlite_transactions(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         writing = conn.get_execution_options().get("backline_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+def _wal(cursor: Any) -> None:
+    """Put the database in WAL mode, once. Switching modes needs the file to itself, and
+    SQLite answers "database is locked" at once, without its busy timeout, while another
+    connection (say, a second process creating the same new registry) has it open; so wait
+    here, up to the lock timeout, as a writer would."""
+    deadline = time.monotonic() + SQLITE_LOCK_TIMEOUT_S
+    pause = 0.01
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
 
 
 def masked(raw: str) -> str:
