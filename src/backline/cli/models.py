@@ -226,16 +226,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"gate: {verdict} at {_when(gate.evaluated_at)} against {against} "
             f"(evaluation set {escape(gate.eval_set_digest)})"
         )
-        checks = Table("check", "value", "threshold", "", "detail", box=None, padding=(0, 2))
-        for c in gate.checks:
-            checks.add_row(
-                escape(c.name),
-                f"{c.value:.6g}",
-                f"{c.threshold:.6g}",
-                "[green]ok[/]" if c.passed else "[red]FAIL[/]",
-                escape(c.detail),
-            )
-        out.print(checks)
+        out.print(_checks_table(gate.checks))
     return 0
 
 
@@ -332,16 +323,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         out.print(
             f"gate {verdict} for {escape(args.model)} {escape(str(args.version))} (against {against})"
         )
-        table = Table("check", "value", "threshold", "result", "detail", box=None, padding=(0, 2))
-        for c in record.checks:
-            table.add_row(
-                escape(c.name),
-                f"{c.value:.6g}",
-                f"{c.threshold:.6g}",
-                "[green]pass[/]" if c.passed else "[red]fail[/]",
-                escape(c.detail),
-            )
-        out.print(table)
+        out.print(_checks_table(record.checks))
     return 0 if record.passed else 1
 
 
@@ -419,6 +401,20 @@ def _registry(args: argparse.Namespace) -> Iterator[Registry]:
     """The registry of the project handle, closed with it at the end of the block."""
     with _open(args) as project:
         yield project.registry
+
+
+def _checks_table(checks: Any) -> Table:
+    """A gate record's checks, one row each: what `models show` and `models gate` print."""
+    table = Table("check", "value", "threshold", "result", "detail", box=None, padding=(0, 2))
+    for c in checks:
+        table.add_row(
+            escape(c.name),
+            f"{c.value:.6g}",
+            f"{c.threshold:.6g}",
+            "[green]pass[/]" if c.passed else "[red]FAIL[/]",
+            escape(c.detail),
+        )
+    return table
 
 
 def _actor(args: argparse.Namespace) -> str:
