@@ -22,6 +22,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"train", "registry"}),
     frozenset({"pipeline"}),
     frozenset({"project"}),
+    frozenset({"serve"}),
+    frozenset({"bench"}),
     frozenset({"cli"}),
 )
 

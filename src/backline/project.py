@@ -25,6 +25,7 @@ connection, and the DuckDB connection is used under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import threading
@@ -79,6 +80,7 @@ class Project:
         self._registry: Registry | None = None
         self._duckdb: duckdb.DuckDBPyConnection | None = None
         self._duckdb_batches: tuple[str, ...] = ()
+        self._duckdb_predictions = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -176,6 +178,24 @@ class Project:
                 self._plans[service] = plan
         return plan
 
+    def online_store(self) -> OnlineStore:
+        """The open online store (`online.uri`), connected on first use and closed with the
+        project. For a server's hot path; everyone else reads through `online_features`."""
+        return self._online_store()
+
+    def reset_online_store(self) -> None:
+        """Close the online store's connection, so the next read connects again (a server
+        calls it after the store failed, to recover when it is back)."""
+        with self._lock:
+            store, self._online = self._online, None
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
+
+    def read_plan(self, service: str) -> ReadPlan:
+        """How `service` is read (built once per service and kept until `refresh`)."""
+        return self._plan(service)
+
     def refresh(self) -> None:
         """Forget the loaded definitions and the read plans built from them, so the next call
         sees features.py and the applied versions as they are now (say, after `backline
@@ -235,24 +255,32 @@ class Project:
     def _query_failed(self, exc: Exception, *, tables: bool) -> InvalidArgument:
         message = f"query failed: {str(exc).splitlines()[0]}"
         if tables:
-            names = [*self.config.sources, "quarantine", "batches", "batch_stats"]
+            names = [*self.config.sources, "quarantine", "predictions", "batches", "batch_stats"]
             message += f". Tables: {', '.join(names)}."
         return InvalidArgument(message)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         """The DuckDB connection, made again when a batch was committed since it was made (its
-        views name the files of the batches that existed then)."""
+        views name the files of the batches that existed then), or when the prediction log got
+        its first file or lost its last (the `predictions` view is an empty stand-in without
+        files, and a glob over files otherwise)."""
         from backline.data.offline_store import OfflineStore
 
         self._check_open()
         store = OfflineStore.open(self.config)
         batches = tuple(b.batch_id for b in store.batches())
-        if self._duckdb is None or batches != self._duckdb_batches:
+        predictions = store.has_predictions()
+        if (
+            self._duckdb is None
+            or batches != self._duckdb_batches
+            or predictions != self._duckdb_predictions
+        ):
             if self._duckdb is not None:
                 self._duckdb.close()
                 self._duckdb = None
             self._duckdb = store.connect_duckdb(self.config.sources.values())
             self._duckdb_batches = batches
+            self._duckdb_predictions = predictions
         return self._duckdb
 
     # -- features ----------------------------------------------------------------------------

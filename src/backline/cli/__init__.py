@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from backline import __version__
-from backline.cli import data, demo, features, models, train
+from backline.cli import bench, data, demo, features, models, serve, train
 from backline.cli.common import cli_name
 from backline.core.console import err
 from backline.core.errors import BacklineError
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_commands(sub)
     train.add_commands(sub)
     models.add_commands(sub)
+    serve.add_commands(sub)
+    bench.add_commands(sub)
     data.add_doctor(sub)
     demo.add_commands(sub)
     _accept_project_anywhere(parser)

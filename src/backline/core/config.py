@@ -237,6 +237,51 @@ class GateSection:
 
 
 @dataclass(frozen=True)
+class ServeSection:
+    host: str = "127.0.0.1"
+    """Address `backline serve` binds; 0.0.0.0 exposes it beyond this machine."""
+
+    port: Annotated[int, Bound(min=0, max=65535)] = 8080
+    """TCP port; 0 picks a free one (printed at start)."""
+
+    workers: Annotated[int, Bound(min=1, max=64)] = 1
+    """Server processes sharing the port."""
+
+    model: str = ""
+    """What to serve: NAME@ALIAS, NAME@VERSION or NAME; empty = the project's model at champion."""
+
+    max_batch: Annotated[int, Bound(min=1, max=65536)] = 256
+    """Largest batch the engine scores in one call (also the largest warm-up bucket)."""
+
+    max_queue: Annotated[int, Bound(min=1)] = 2048
+    """Requests a worker holds waiting for the engine; past it, 429 with Retry-After."""
+
+    timeout_ms: Annotated[float, Bound(min=0, min_exclusive=True)] = 1000.0
+    """Deadline of a request without X-Request-Timeout-Ms; a request past it gets 504 unscored."""
+
+    max_body_bytes: Annotated[int, Bound(min=1024)] = 1048576
+    """Largest request body accepted; a bigger one gets 413."""
+
+    drain_timeout: timedelta = timedelta(seconds=30)
+    """After SIGTERM, how long queued and in-flight requests may take before the process exits."""
+
+    swap_poll: timedelta = timedelta(seconds=2)
+    """How often each worker checks whether the served alias moved (hot swap)."""
+
+    variant: Literal["served", "fp32", "int8", "onnx"] = "served"
+    """Which program of the package to run; served = what the package chose."""
+
+    prediction_log: bool = True
+    """Append every scored request to the offline store (table `predictions`)."""
+
+    log_buffer: Annotated[int, Bound(min=1)] = 100000
+    """Prediction-log rows held before a flush; past it, new rows are dropped and counted."""
+
+    log_flush: timedelta = timedelta(seconds=1)
+    """Longest time a prediction-log row waits in memory before it is written."""
+
+
+@dataclass(frozen=True)
 class ColumnSpec:
     name: str
     """Column name, as it appears in the input header or JSON keys."""
@@ -405,6 +450,7 @@ class Config:
     features: FeaturesSection = field(default_factory=FeaturesSection)
     train: TrainSection = field(default_factory=TrainSection)
     gate: GateSection = field(default_factory=GateSection)
+    serve: ServeSection = field(default_factory=ServeSection)
     sources: Mapping[str, SourceSpec] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceSpec:
@@ -444,6 +490,7 @@ _SECTIONS: dict[str, type] = {
     "features": FeaturesSection,
     "train": TrainSection,
     "gate": GateSection,
+    "serve": ServeSection,
 }
 
 
