@@ -8,6 +8,7 @@ Layout under the store root (offline.uri):
     quarantine/files/<batch_id>/<name>                                    unreadable files, kept whole
     _staging/<batch_id>/...                                               a batch being written
     .lock                                                                 one writer at a time
+    predictions/date=2026-01-01/<worker>-<seq>.parquet                    the model server's log
 
 A SQLite catalog (offline.catalog) lists committed batches and their files. Readers see only
 files the catalog lists, so a batch is all there or not there at all:
@@ -19,6 +20,11 @@ files the catalog lists, so a batch is all there or not there at all:
 
 A writer killed before step 3 leaves files that no committed batch names; the next writer
 deletes them before it starts (`recover`).
+
+The prediction log (backline.serve.predlog) is the one writer that bypasses the catalog: each
+server process appends many small files a day, each renamed into place whole, so a file is
+there or not and the `predictions` view reads whatever `*.parquet` files exist when a query
+runs. Its folder and core columns are defined here, below the serve layer that writes them.
 """
 
 from __future__ import annotations
@@ -37,12 +43,42 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from backline.core.config import Config, SourceSpec
 from backline.core.errors import StoreError
 from backline.core.faults import maybe_fail
 from backline.core.files import fsync_dir
 from backline.core.types import DUCKDB_TYPES
+
+PREDICTIONS_DIR = "predictions"
+"""Folder of the prediction log under the offline root: `predictions/date=YYYY-MM-DD/*.parquet`."""
+
+PREDICTIONS_PARTITION = "date"
+"""The Hive partition column of the prediction log: the UTC date of `scored_at`."""
+
+PREDICTION_COLUMNS: dict[str, pa.DataType] = {
+    "request_id": pa.string(),
+    "scored_at": pa.timestamp("us", tz="UTC"),
+    "model": pa.string(),
+    "model_version": pa.int64(),
+    "score": pa.float64(),
+    "latency_ms": pa.float64(),
+    "queue_ms": pa.float64(),
+    "batch_size": pa.int32(),
+    "degraded": pa.bool_(),
+}
+"""Columns every prediction-log row has, and their Arrow types. Entity keys, passthrough ids,
+request fields and `feature__<name>` columns follow; they vary with the model version."""
+
+_PREDICTION_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+}
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -337,10 +373,15 @@ class OfflineStore:
 
     # -- reading ------------------------------------------------------------------------------
 
+    def has_predictions(self) -> bool:
+        """Whether the prediction log holds at least one file (stops at the first it finds)."""
+        return next(self.root.glob(_PREDICTIONS_GLOB), None) is not None
+
     def connect_duckdb(
         self, sources: Iterable[SourceSpec], threads: int | None = None
     ) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with one view per source, plus quarantine, batches, batch_stats."""
+        """A DuckDB connection with one view per source, plus quarantine, predictions, batches
+        and batch_stats."""
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         if threads:
@@ -360,6 +401,7 @@ class OfflineStore:
                 "NULL::VARCHAR AS message, NULL::VARCHAR AS raw_record, "
                 "NULL::TIMESTAMPTZ AS ingested_at, NULL::VARCHAR AS source WHERE false"
             )
+        con.execute(f"CREATE VIEW {PREDICTIONS_DIR} AS {self.predictions_sql()}")
         rows = [
             (
                 b.batch_id,
@@ -408,6 +450,25 @@ class OfflineStore:
         ]
         return f"SELECT {', '.join(columns)} WHERE false"
 
+    def predictions_sql(self) -> str:
+        """SQL that reads the prediction log. The glob is expanded each time a query runs, so
+        files written later are seen; with no file yet, an empty view of the core columns
+        (DuckDB fails on a glob that matches nothing). Files differ in columns when model
+        versions use different features: `union_by_name` gives NULL where a file lacks one."""
+        if self.has_predictions():
+            pattern = str(self.root / _PREDICTIONS_GLOB).replace("'", "''")
+            return (
+                f"SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, "
+                f"hive_types = {{'{PREDICTIONS_PARTITION}': DATE}}, union_by_name = true)"
+            )
+        columns = [
+            f'NULL::{_PREDICTION_DUCKDB_TYPES[t]} AS "{c}"' for c, t in PREDICTION_COLUMNS.items()
+        ]
+        columns.append(f'NULL::DATE AS "{PREDICTIONS_PARTITION}"')
+        return f"SELECT {', '.join(columns)} WHERE false"
+
+
+_PREDICTIONS_GLOB = f"{PREDICTIONS_DIR}/{PREDICTIONS_PARTITION}=*/*.parquet"
 
 _BATCH_COLUMNS = (
     "batch_id, source, content_hash, input, rows_in, rows_accepted, rows_quarantined, "
