@@ -353,7 +353,7 @@ class PredictionLog:
         parts: list[pa.Table] = []
         try:
             parts = [part for table in _merge(tables) for part in _by_date(table)]
-        except pa.ArrowException as exc:  # not OSError: the rows themselves are the matter
+        except Exception as exc:  # no I/O yet: the rows themselves are the matter
             self._give_up(tables, exc)
             return
         written = 0
