@@ -27,17 +27,37 @@ def _base_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
-def ensure_venv(name: str, requirements: list[str], *, log=print) -> Path:
+def ensure_venv(
+    name: str,
+    requirements: list[str],
+    *,
+    log=print,
+    first: list[list[str]] | None = None,
+    key: str = "",
+) -> Path:
     """Create benchmarks/.peers/NAME/venv with `requirements`; reuse it when they match.
 
     Returns the venv's python. A stamp file records what was installed, so a changed
     requirement list rebuilds the venv instead of mixing versions.
+
+    `first`: groups of requirements installed, in order, before `requirements` (say
+    `[["torch==2.13.0"]]`, so that a later `torch>=2.4` is already satisfied by the CPU
+    wheel instead of downloading a CUDA build). `key`: anything else the venv depends on
+    (say a digest of a local project's pyproject.toml installed with -e); a changed key
+    rebuilds it too.
     """
     home = PEERS / name
     venv = home / "venv"
     python = venv / "bin" / "python"
     stamp = home / "installed.json"
-    wanted = {"requirements": sorted(requirements), "python": sys.version.split()[0]}
+    wanted: dict[str, Any] = {
+        "requirements": sorted(requirements),
+        "python": sys.version.split()[0],
+    }
+    if first:
+        wanted["first"] = [list(group) for group in first]
+    if key:
+        wanted["key"] = key
     if python.exists() and stamp.exists():
         try:
             if json.loads(stamp.read_text()) == wanted:
@@ -49,15 +69,18 @@ def ensure_venv(name: str, requirements: list[str], *, log=print) -> Path:
         import shutil
 
         shutil.rmtree(venv)
-    log(f"installing {', '.join(requirements)} into {venv} (first run only; a few minutes)")
+    groups = [*(first or []), requirements]
+    shown = " then ".join(" ".join(g) for g in groups)
+    log(f"installing {shown} into {venv} (first run only; a few minutes)")
     t0 = time.perf_counter()
     subprocess.run([_base_python(), "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    result = subprocess.run([*pip, "install", *requirements], capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr)[-4000:]
-        raise RuntimeError(f"pip install {' '.join(requirements)} failed:\n{tail}")
+    for group in groups:
+        result = subprocess.run([*pip, "install", *group], capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = (result.stdout + result.stderr)[-4000:]
+            raise RuntimeError(f"pip install {' '.join(group)} failed:\n{tail}")
     stamp.write_text(json.dumps(wanted))
     log(f"installed in {time.perf_counter() - t0:.0f} s")
     return python
