@@ -70,6 +70,6 @@ def sample_instances(root: Path, n: int, seed: int = 0) -> list[dict[str, object
     with backline.open(root) as project:
         rows = project.sql(
             "SELECT transaction_id, card_id, merchant_id, amount FROM transactions "
-            f"ORDER BY hash(transaction_id + {int(seed)}) LIMIT {int(n)}"
+            f"ORDER BY hash(transaction_id || '{int(seed)}') LIMIT {int(n)}"
         ).to_pylist()
     return rows

@@ -32,11 +32,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+
 from backline import __version__
-from backline.core.errors import BacklineError, InvalidArgument, NotFoundError
+from backline.core.errors import BacklineError, InvalidArgument, NotFoundError, StoreError
 from backline.serve.engine import Engine, NotReady, QueueFull, Request, Scored
 from backline.serve.metrics import CONTENT_TYPE, Metrics
 from backline.serve.model import ModelHolder
@@ -76,6 +78,10 @@ class MethodNotAllowed(BacklineError):
     code = "method_not_allowed"
     http_status = 405
 
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
 
 class Forbidden(BacklineError):
     code = "forbidden"
@@ -97,7 +103,7 @@ class Schema:
     """What an instance carries, from the feature service and the entity source."""
 
     keys: tuple[str, ...]
-    """Join keys (str, int or bool)."""
+    """Join keys (a string, or an integer within int64)."""
     fields: tuple[str, ...]
     """Request fields of the on-demand features (numbers, or null)."""
     passthrough: tuple[str, ...]
@@ -201,7 +207,10 @@ class ServeApp:
         for task in self._tasks:
             task.cancel()
         if self.engine.predlog is not None:
-            await asyncio.to_thread(self.engine.predlog.close)
+            try:
+                await asyncio.to_thread(self.engine.predlog.close)
+            except StoreError as exc:  # a full disk at exit: say so, and still exit
+                print(f"backline serve: prediction log: {exc}", flush=True)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -219,7 +228,7 @@ class ServeApp:
                 self._method(method, "POST")
                 name = path[len("/v1/models/") : -len(":predict")]
                 await self._predict(scope, receive, send, name, start, v2=False)
-            elif path.startswith("/v2/"):
+            elif path == "/v2" or path.startswith("/v2/"):
                 await self._v2(scope, receive, send, path, method, start)
             elif path == "/v1/features:push":
                 self._method(method, "POST")
@@ -240,6 +249,8 @@ class ServeApp:
                     f"no endpoint at {path}. Try POST /v1/models/{self.holder.name}:predict, "
                     "POST /v2/models/{name}/infer or GET /openapi.json."
                 )
+        except MethodNotAllowed as exc:
+            await _error(send, exc, headers=[(b"allow", exc.allow.encode())])
         except BacklineError as exc:
             await _error(send, exc)
         except Exception as exc:  # a bug: answer 500 with a body, never a dropped connection
@@ -247,17 +258,20 @@ class ServeApp:
 
     def _method(self, method: str, wanted: str) -> None:
         if method != wanted:
-            raise MethodNotAllowed(f"{method} is not allowed here; use {wanted}.")
+            raise MethodNotAllowed(f"{method} is not allowed here; use {wanted}.", allow=wanted)
 
     async def _v2(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str, start: float
     ) -> None:
         parts = path.rstrip("/").split("/")[2:]  # after "", "v2"
         if parts == ["health", "live"]:
+            self._method(method, "GET")
             await _json(send, 200, {"live": True})
         elif parts == ["health", "ready"]:
+            self._method(method, "GET")
             await _json(send, 200 if self.ready else 503, {"ready": self.ready})
         elif not parts:
+            self._method(method, "GET")
             await _json(send, 200, {"name": "backline", "version": __version__, "extensions": []})
         elif parts[0] == "models" and len(parts) >= 2:
             name = parts[1]
@@ -342,8 +356,13 @@ class ServeApp:
     ) -> None:
         self._require_model(name)
         arrived = self.engine.clock()
+        if self.engine.queued >= self.engine.max_queue:  # refuse before parsing: overload is cheap
+            self.metrics.answered(name, None, 429, 0.0)
+            self.engine.refuse()
         body = await self._body(scope, receive)
-        if not self.ready:
+        # while draining, a request that still reaches us (on an open connection) is served:
+        # only a server without a model says 503
+        if self.holder.current is None or not (self.ready or self.draining):
             raise NotReady(self._not_ready())
         deadline = self._deadline(scope, arrived)
         doc = _parse_json(body)
@@ -354,11 +373,6 @@ class ServeApp:
             request = parse_v1(doc, self.schema, request_id)
         try:
             scored = await self.engine.submit(request, deadline)
-        except QueueFull as exc:
-            self.metrics.answered(name, None, 429, 0.0)
-            headers = [(b"retry-after", str(int(exc.retry_after)).encode())]
-            await _error(send, exc, headers=headers)
-            return
         except BacklineError as exc:
             self.metrics.answered(name, None, exc.http_status, 0.0)
             raise
@@ -380,17 +394,7 @@ class ServeApp:
         return "the model is loading and warming up; retry when GET /v2/health/ready answers 200"
 
     async def _push(self, scope: Scope, receive: Receive, send: Send) -> None:
-        doc = _parse_json(await self._body(scope, receive))
-        if not isinstance(doc, dict):
-            raise RequestError('the body must be {"source": NAME, "rows": [...]}', field="body")
-        source = doc.get("source")
-        rows = doc.get("rows")
-        if not isinstance(source, str):
-            raise RequestError(
-                '"source" must be the name of a source, e.g. "transactions"', "source"
-            )
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-            raise RequestError('"rows" must be a non-empty list of objects', field="rows")
+        source, rows = parse_push(_parse_json(await self._body(scope, receive)))
         project = self.holder.project
         result = await self.engine.run_in_thread(lambda: project.push(source, rows))
         await _json(
@@ -464,13 +468,20 @@ class ServeApp:
 # -- parsing ------------------------------------------------------------------------------------
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parse_json(body: bytes) -> Any:
     if not body:
         raise RequestError("the body is empty; send JSON", field="body")
     try:
-        return json.loads(body)
+        # NaN and Infinity are not JSON (Python's parser takes them unless told not to)
+        return json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"the body is not valid JSON ({exc})", field="body") from None
+    except RecursionError:
+        raise RequestError("the body is nested too deeply to be a request", field="body") from None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -489,7 +500,9 @@ def _parse_at(value: Any, where: str) -> datetime | None:
         )
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if at.tzinfo is not None:
+            at = at.astimezone(UTC)  # 9999-12-31T23:59-01:00 is past datetime.max in UTC
+    except (ValueError, OverflowError):
         at = None
     if at is None or at.tzinfo is None:
         raise RequestError(
@@ -524,9 +537,10 @@ def _split(
         if k not in instance:
             raise RequestError(f"{where} has no {k!r} (a join key the model needs)", f"{where}.{k}")
         value = instance[k]
-        if not isinstance(value, str | int) or isinstance(value, float):
+        if not _is_key(value):
             raise RequestError(
-                f"{where}.{k} is {json.dumps(value)}; a join key is a string or an integer",
+                f"{where}.{k} is {_show(value)}; a join key is a string or an integer "
+                "(within int64)",
                 field=f"{where}.{k}",
             )
         keys[k] = value
@@ -537,14 +551,52 @@ def _split(
                 f"{where} has no {f!r} (a request field the model needs)", f"{where}.{f}"
             )
         value = instance[f]
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+        if value is not None and not _is_number(value):
             raise RequestError(
-                f"{where}.{f} is {json.dumps(value)}; it must be a number (or null)",
+                f"{where}.{f} is {_show(value)}; it must be a number (or null)",
                 field=f"{where}.{f}",
             )
         fields[f] = value
-    passthrough = {p: instance[p] for p in schema.passthrough if p in instance}
+    passthrough: dict[str, Any] = {}
+    for p in schema.passthrough:
+        if p not in instance:
+            continue
+        value = instance[p]
+        if not _is_key(value):
+            raise RequestError(
+                f"{where}.{p} is {_show(value)}; an id is a string or an integer (within int64)",
+                field=f"{where}.{p}",
+            )
+        passthrough[p] = value
     return keys, fields, passthrough
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _is_key(value: Any) -> bool:
+    """A join key or id: a string, or an integer the stores can hold (bool is not one)."""
+    if isinstance(value, str):
+        return True
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and _INT64[0] <= value <= _INT64[1]
+    )
+
+
+def _is_number(value: Any) -> bool:
+    """A number a float64 holds (the JSON parser already refused NaN and Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short (a client may send megabytes)."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _example(schema: Schema) -> str:
@@ -574,12 +626,63 @@ def parse_v1(doc: Any, schema: Schema, request_id: str) -> Request:
     if not instances:
         raise RequestError("no instances to score; send at least one", field="instances")
     entities, fields, passthrough = [], [], []
+    first: dict[str, tuple[int, bool]] = {}  # key or id -> (instance, given as a string)
     for i, instance in enumerate(instances):
         k, f, p = _split(instance, i, schema)
+        for name, value in (*k.items(), *p.items()):
+            seen = first.setdefault(name, (i, isinstance(value, str)))
+            if seen[1] != isinstance(value, str):
+                kind = "a string" if seen[1] else "an integer"
+                raise RequestError(
+                    f"instances[{i}].{name} is {_show(value)} but instances[{seen[0]}].{name} is "
+                    f"{kind}; give every {name} the same way",
+                    field=f"instances[{i}].{name}",
+                )
         entities.append(k)
         fields.append(f)
         passthrough.append(p)
     return Request(request_id, entities, fields, passthrough, at)
+
+
+def parse_push(doc: Any) -> tuple[str, pa.Table]:
+    """{"source": NAME, "rows": [{column: value, ...}, ...]}: the source and the rows as a
+    table. Values are scalars (a timestamp as ISO text); the source's own validation decides
+    what is accepted and what is quarantined, and the answer says which."""
+    if not isinstance(doc, dict):
+        raise RequestError('the body must be {"source": NAME, "rows": [...]}', field="body")
+    source = doc.get("source")
+    rows = doc.get("rows")
+    if not isinstance(source, str):
+        raise RequestError('"source" must be the name of a source, e.g. "transactions"', "source")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise RequestError('"rows" must be a non-empty list of objects', field="rows")
+    columns: dict[str, list[Any]] = {}
+    for i, row in enumerate(rows):
+        if not row:
+            raise RequestError(f"rows[{i}] is empty; a row names its columns", f"rows[{i}]")
+        for name, value in row.items():
+            if isinstance(value, dict | list):
+                raise RequestError(
+                    f"rows[{i}].{name} is {_show(value)}; a column value is a string, a number, "
+                    "true/false or null",
+                    field=f"rows[{i}].{name}",
+                )
+            columns.setdefault(name, [None] * i).append(value)
+        for values in columns.values():
+            if len(values) <= i:
+                values.append(None)
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            kinds = sorted({type(v).__name__ for v in values if v is not None})
+            raise RequestError(
+                f"the rows' {name!r} values are of different kinds ({', '.join(kinds)}) or out "
+                "of range; send each column as one kind (a time as ISO text)",
+                field=f"rows[*].{name}",
+            ) from None
+    return source, pa.table(arrays)
 
 
 #: v2 datatypes a tensor may have, by what it carries.
@@ -632,9 +735,12 @@ def parse_v2(doc: Any, schema: Schema, request_id: str) -> tuple[Request, str, s
             )
         if not isinstance(data, list):
             raise RequestError(f"{where} ({name}) has no data list", field=f"{where}.data")
+        if name in columns:
+            raise RequestError(f"{where} ({name}) is given twice", field=f"{where}.name")
         flat = _flatten(data)
         rows = shape[0] if shape else 1
-        if math.prod(shape) != len(flat) or (len(shape) == 2 and shape[1] != 1) or len(shape) > 2:
+        # rank first: the product of a long shape list is a big-integer computation
+        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1) or math.prod(shape) != len(flat):
             raise RequestError(
                 f"{where} ({name}) has shape {shape} and {len(flat)} values; a field is a "
                 "tensor of shape [N] or [N, 1]",
@@ -652,6 +758,13 @@ def parse_v2(doc: Any, schema: Schema, request_id: str) -> tuple[Request, str, s
                 "join keys and ids, FP32/FP64 for request fields",
                 field=f"{where}.datatype",
             )
+        if name in schema.allowed and isinstance(datatype, str):
+            bad = next((x for x in flat if not _fits(datatype, x)), _FITS)
+            if bad is not _FITS:
+                raise RequestError(
+                    f"{where} ({name}) is {datatype} but holds {_show(bad)}",
+                    field=f"{where}.data",
+                )
         if n is None:
             n = rows
         elif rows != n:
@@ -684,13 +797,37 @@ def parse_v2(doc: Any, schema: Schema, request_id: str) -> tuple[Request, str, s
     return request, v2_id, wanted
 
 
+_FITS = object()
+
+
+def _fits(datatype: str, value: Any) -> bool:
+    """Whether one element of a tensor's data is of its datatype (BYTES: a string; an integer
+    type: an integer; a float type: a number, or null for a missing request field)."""
+    if datatype == "BYTES":
+        return isinstance(value, str)
+    if datatype.startswith(("INT", "UINT")):
+        return not isinstance(value, str) and _is_key(value)
+    if datatype.startswith("FP"):
+        return value is None or _is_number(value)
+    return True  # other datatypes are refused by name above, or belong to an unknown input
+
+
 def _flatten(data: list[Any]) -> list[Any]:
-    if any(isinstance(x, list) for x in data):
-        out: list[Any] = []
-        for x in data:
-            out.extend(_flatten(x) if isinstance(x, list) else [x])
-        return out
-    return data
+    """Row-major values of a nested data list (a [N, 1] tensor may come as [[a], [b]]).
+    Iterative: a hostile body nests as deep as the JSON parser allows."""
+    if not any(isinstance(x, list) for x in data):
+        return data
+    out: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
 
 
 # -- answering ----------------------------------------------------------------------------------
@@ -760,6 +897,8 @@ async def _error(
 ) -> None:
     code = status or exc.http_status
     extra = list(headers or [])
+    if isinstance(exc, QueueFull):
+        extra.append((b"retry-after", str(int(exc.retry_after)).encode()))
     if code == 503:
         extra.append((b"retry-after", b"1"))
     # RuntimeError: the response had already started (a bug elsewhere): nothing to add

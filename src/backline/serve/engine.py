@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import numpy as np
 import pyarrow as pa
@@ -224,14 +224,7 @@ class Engine:
             raise NotReady("the server is draining; send this request to another replica")
         rows = request.rows
         if self._queued_rows + rows > self.max_queue:
-            self.stats.rejected += 1
-            if self.metrics is not None:
-                self.metrics.rejected("queue_full")
-            raise QueueFull(
-                f"the queue holds {self._queued_rows} instances (serve.max_queue = "
-                f"{self.max_queue}); retry after the Retry-After seconds",
-                retry_after=self._retry_after(),
-            )
+            self.refuse(rows)
         assert self._loop is not None and self._wake is not None
         now = self.clock()
         item = _Item(
@@ -244,6 +237,17 @@ class Engine:
         if not self._busy:
             self._wake.set()
         return await item.future
+
+    def refuse(self, rows: int = 1) -> NoReturn:
+        """Raise QueueFull (429) for a request of `rows` instances, and count it."""
+        self.stats.rejected += 1
+        if self.metrics is not None:
+            self.metrics.rejected("queue_full")
+        raise QueueFull(
+            f"the queue holds {self._queued_rows} instances and this request brings {rows} "
+            f"(serve.max_queue = {self.max_queue}); retry after the Retry-After seconds",
+            retry_after=self._retry_after(),
+        )
 
     def _retry_after(self) -> float:
         """Seconds until the queue has likely drained by half: its rows at the measured rate."""

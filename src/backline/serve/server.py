@@ -77,6 +77,7 @@ def build_app(project: Project, spec: ServeSpec, *, worker: str = "w0") -> Serve
     cfg = project.config
     s = cfg.serve
     spec = resolve(spec, project)
+    _set_threads(s.threads)
     assert spec.model is not None
     metrics = Metrics()
     holder = ModelHolder(project, spec.model, max_batch=s.max_batch, variant=s.variant)
@@ -114,6 +115,13 @@ def build_app(project: Project, spec: ServeSpec, *, worker: str = "w0") -> Serve
     return ServeApp(holder, engine, metrics, options, schema)
 
 
+def _set_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket (port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -136,11 +144,16 @@ def _uvicorn_server(app: ServeApp, drain_timeout: float) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn, but readiness turns false the moment a stop signal arrives."""
+        """uvicorn, but readiness turns false the moment a stop signal arrives, and a drained
+        server exits 0 (uvicorn would raise the captured signal again on its way out, so a
+        clean drain would look like death by SIGTERM)."""
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             app.begin_drain()
-            super().handle_exit(sig, frame)
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for the drain
+            else:
+                self.should_exit = True
 
     loop = "uvloop" if _has("uvloop") else "asyncio"
     http = "httptools" if _has("httptools") else "h11"
