@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from backline.core.errors import InvalidArgument, NotFoundError
 
@@ -52,14 +53,40 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     warm_seconds: float = 0.0
 
+    _layout: tuple[tuple[str, ...], list[int], list[int]] | None = None
+
     def score(self, features: OnlineFeatures) -> np.ndarray:
-        return self.scorer.score(_feature_table(features, self.scorer.feature_names))
+        """Probabilities float32 [N] for the rows of an online read.
+
+        The program's inputs are built straight from the read's values: the same numbers
+        `table_inputs` takes out of an Arrow table (float64, null -> NaN, booleans 0/1, and
+        the strings of the categorical features), without the round trip through Arrow, which
+        cost more than the model at small batches."""
+        numeric_at, categorical_at = self._positions(features.columns)
+        values = features.values
+        if not values:
+            return np.zeros(0, dtype=np.float32)
+        numeric = np.array([[row[j] for j in numeric_at] for row in values], dtype=np.float64)
+        numeric = numeric.reshape(len(values), len(numeric_at))
+        categorical = [[_text(row[j]) for row in values] for j in categorical_at]
+        return self.scorer.score_inputs(torch.from_numpy(numeric), categorical)
+
+    def _positions(self, columns: tuple[str, ...]) -> tuple[list[int], list[int]]:
+        layout = self._layout
+        if layout is None or layout[0] != columns:
+            where = {c: j for j, c in enumerate(columns)}
+            pre = self.scorer.preprocess
+            layout = (
+                columns,
+                [where[s.name] for s in pre.numeric],
+                [where[v.name] for v in pre.categorical],
+            )
+            self._layout = layout
+        return layout[1], layout[2]
 
 
-def _feature_table(features: OnlineFeatures, names: tuple[str, ...]) -> pa.Table:
-    """The model's input columns, typed as the service declares them (what training saw)."""
-    table = features.to_arrow()
-    return table.select(list(names))
+def _text(value: object) -> str | None:
+    return value if value is None or isinstance(value, str) else str(value)
 
 
 class ModelHolder:
