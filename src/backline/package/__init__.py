@@ -8,6 +8,8 @@ What is here, and what a server imports:
     reader       the manifest (package.json) and its verification, `load_package`, `Scorer`
     preprocess   the preprocessing math (`Preprocessor`), the same for training and serving
     metrics      AUC-PR, recall at a false-positive rate and the other holdout metrics
+    device       fixed batch sizes (buckets) and CUDA graphs: `load_package(root, device="cuda",
+                 buckets=power_of_two_buckets(256))`, then `scorer.warm()` before serving
 
 and beside it, for whoever writes packages (a server never needs them):
     export       `package(...)`: writes a folder and measures it (parity, latency, int8 rule)
@@ -20,6 +22,7 @@ A package whose files do not match package.json, or cannot be read, raises `Inte
 See docs/serving-artifact.md.
 """
 
+from backline.package.device import DEVICES, power_of_two_buckets
 from backline.package.preprocess import NumericStats, Preprocessor, Vocabulary
 from backline.package.reader import (
     MANIFEST_FILE,
@@ -34,6 +37,7 @@ from backline.package.reader import (
 )
 
 __all__ = [
+    "DEVICES",
     "MANIFEST_FILE",
     "VARIANTS",
     "Latency",
@@ -45,5 +49,6 @@ __all__ = [
     "VariantReport",
     "Vocabulary",
     "load_package",
+    "power_of_two_buckets",
     "read_package",
 ]

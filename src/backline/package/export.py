@@ -14,7 +14,8 @@ The folder:
     model_int8.pt     the same with int8 dynamically quantized Linear layers; present only when
                       it was INT8_MIN_SPEEDUP faster here at batch 1 and 256 AND lost at
                       most INT8_MAX_AUC_PR_DROP AUC-PR AND its parity error is within
-                      INT8_TOLERANCE
+                      INT8_TOLERANCE AND a row's score moves by at most
+                      INT8_BATCH_TOLERANCE with the rows batched beside it
     model.onnx        score_codes(numeric, codes) of model.pt for ONNX Runtime (vocabulary
                       lookup outside: codes int64 [N, Dc] as in preprocess.json)
     preprocess.json   the fitted preprocessing spec (see backline.package.preprocess)
@@ -37,7 +38,7 @@ import os
 import platform
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from copy import deepcopy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,12 @@ from backline.package.metrics import average_precision, recall_at_fpr
 from backline.package.preprocess import Preprocessor
 from backline.package.reader import (  # noqa: F401 - re-exported: the package API lives here too
     ALONE_ROWS,
+    BATCH_INVARIANCE_ROWS,
+    BATCH_INVARIANCE_SEED,
+    BATCH_INVARIANCE_SIZES,
     FORMAT,
     FP32_TOLERANCE,
+    INT8_BATCH_TOLERANCE,
     INT8_FILE,
     INT8_MAX_AUC_PR_DROP,
     INT8_MIN_SPEEDUP,
@@ -247,7 +252,10 @@ def package(
             [[column[i] for i in alone_rows] for column in inputs[1]],
         )
         batched = {n: _score_batched(s, inputs, LATENCY_BATCHES[-1]) for n, s in scorers.items()}
-        alone = {n: _score_batched(s, alone_inputs, 1) for n, s in scorers.items()}
+        # one thread, as a server worker scores a request: thousands of tiny calls, which
+        # every thread's hand-off makes 10x slower when other jobs share the cores
+        with latency.torch_threads(1):
+            alone = {n: _score_batched(s, alone_inputs, 1) for n, s in scorers.items()}
         latencies = _measure_latency(scorers, parity_table, latency_runs)
 
         reference_auc = _auc_pr(labels, expected[:holdout_rows])
@@ -257,7 +265,22 @@ def package(
             for n in scorers
         }
         spread = {n: _max_abs(alone[n], batched[n][alone_rows]) for n in scorers}
-        keep_int8, decision = _int8_decision(variant_auc, latencies, parity["int8"])
+        # A server batches unrelated requests: each sampled row also rides in batches of
+        # several sizes beside random mates and beside extreme (edge-row) mates.
+        riders = _rider_sample(alone_rows, holdout_rows)
+        with latency.torch_threads(1):
+            dependence = {
+                n: _batch_dependence(
+                    s, inputs, riders, alone[n][np.searchsorted(alone_rows, riders)], holdout_rows
+                )
+                for n, s in scorers.items()
+            }
+        for n in scorers:  # the batches of 256 the parity rows were scored in count too
+            size = LATENCY_BATCHES[-1]
+            dependence[n][size] = _worst([dependence[n].get(size, 0.0), spread[n]])
+        keep_int8, decision = _int8_decision(
+            variant_auc, latencies, parity["int8"], _worst(dependence["int8"].values())
+        )
         if not keep_int8:
             (work / INT8_FILE).unlink()
 
@@ -281,6 +304,8 @@ def package(
                     batch_spread=spread[name],
                     parity_tolerance=tolerance,
                     latency=latencies[name],
+                    batch_invariance_max_abs=_worst(dependence[name].values()),
+                    batch_invariance_by_batch=tuple(sorted(dependence[name].items())),
                 )
             )
         result = ServingPackage(
@@ -450,6 +475,66 @@ def _alone_sample(holdout_rows: int, total: int) -> np.ndarray:
     return np.r_[picked, np.arange(holdout_rows, total, dtype=np.int64)]
 
 
+def _rider_sample(alone_rows: np.ndarray, holdout_rows: int) -> np.ndarray:
+    """Rows whose batch dependence is measured: up to BATCH_INVARIANCE_ROWS of the holdout rows
+    scored alone (spread evenly) and every edge row; a subset of `alone_rows`, sorted."""
+    holdout = alone_rows[alone_rows < holdout_rows]
+    spaced = np.linspace(0, holdout.size - 1, num=min(holdout.size, BATCH_INVARIANCE_ROWS))
+    picked = holdout[np.unique(spaced.round().astype(np.int64))]
+    return np.r_[picked, alone_rows[alone_rows >= holdout_rows]]
+
+
+def _batch_dependence(
+    scorer: Scorer,
+    inputs: tuple[torch.Tensor, list[list[str | None]]],
+    riders: np.ndarray,
+    alone: np.ndarray,
+    holdout_rows: int,
+) -> dict[int, float]:
+    """{batch size: largest |score of a rider in a batch - its score alone (`alone`)|}.
+
+    For each size of BATCH_INVARIANCE_SIZES the riders, shuffled, fill at most half of each
+    batch; the rest are mates drawn (seeded: BATCH_INVARIANCE_SEED) from every parity row, and
+    in a second pass from the edge rows only, whose extreme values stretch an activation range
+    the most. Rows then sit at shuffled positions. A program that scores each row on its own
+    (fp32, ONNX) shows float rounding here; int8's dynamic quantization scales activations by
+    the range of the whole batch.
+    """
+    numeric, categorical = inputs
+    total = numeric.shape[0]
+    rng = np.random.default_rng(BATCH_INVARIANCE_SEED)
+    pools = [np.arange(total)]
+    if total > holdout_rows:
+        pools.append(np.arange(holdout_rows, total))
+    alone_of = dict(zip(riders.tolist(), alone.tolist(), strict=True))
+    out: dict[int, float] = {}
+    for size in BATCH_INVARIANCE_SIZES:
+        per_batch = max(1, size // 2)
+        worst = 0.0
+        for pool in pools:
+            order = rng.permutation(riders)
+            for start in range(0, order.size, per_batch):
+                group = order[start : start + per_batch]
+                members = np.r_[group, rng.choice(pool, size - group.size)]
+                shuffle = rng.permutation(size)
+                batch = members[shuffle]
+                scores = scorer.score_inputs(
+                    numeric[torch.from_numpy(batch)],
+                    [[column[i] for i in batch.tolist()] for column in categorical],
+                )
+                positions = np.flatnonzero(shuffle < group.size)
+                expected = np.array([alone_of[int(i)] for i in batch[positions]])
+                moved = np.abs(scores[positions].astype(np.float64) - expected)
+                worst = _worst([worst, *moved.tolist()])
+        out[size] = worst
+    return out
+
+
+def _worst(values: Iterable[float]) -> float:
+    """The largest value; NaN if any is NaN (a NaN score must not read as invariant)."""
+    return float(np.max(np.asarray(list(values), dtype=np.float64), initial=0.0))
+
+
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b), initial=0.0))
 
@@ -500,14 +585,25 @@ def _int8_faster(latency: Mapping[str, tuple[Latency, ...]]) -> tuple[bool, str]
 
 
 def _int8_decision(
-    auc: Mapping[str, float], latency: Mapping[str, tuple[Latency, ...]], parity: float
+    auc: Mapping[str, float],
+    latency: Mapping[str, tuple[Latency, ...]],
+    parity: float,
+    batch_dependence: float | None = None,
 ) -> tuple[bool, str]:
     """(keep, why): keep only if int8 is faster (_int8_faster), its AUC-PR is at most
-    INT8_MAX_AUC_PR_DROP below fp32's, and its parity error (`parity`, max |int8 probability -
-    training-time probability| on the parity rows) is within INT8_TOLERANCE."""
+    INT8_MAX_AUC_PR_DROP below fp32's, its parity error (`parity`, max |int8 probability -
+    training-time probability| on the parity rows) is within INT8_TOLERANCE, and its
+    `batch_dependence` (max |a row's score in a batch - alone|, see _batch_dependence) is
+    within INT8_BATCH_TOLERANCE. `package` always passes it; None leaves that check out."""
     faster, speed = _int8_faster(latency)
     close = parity <= INT8_TOLERANCE  # False for NaN
     agreement = f"parity error {parity:.4g} (limit {INT8_TOLERANCE})"
+    invariant = batch_dependence is None or batch_dependence <= INT8_BATCH_TOLERANCE
+    if batch_dependence is not None:
+        agreement += (
+            f"; batch dependence {batch_dependence:.3g} (limit {INT8_BATCH_TOLERANCE}: largest "
+            "move of a row's score with the rows batched beside it)"
+        )
     if math.isnan(auc["fp32"]) or math.isnan(auc["int8"]):
         return (
             False,
@@ -517,14 +613,20 @@ def _int8_decision(
     drop = auc["fp32"] - auc["int8"]
     accurate = drop <= INT8_MAX_AUC_PR_DROP
     numbers = f"AUC-PR drop {drop:.5f} (limit {INT8_MAX_AUC_PR_DROP}); {agreement}; {speed}"
-    if faster and accurate and close:
-        return True, f"kept: faster at every batch size and accurate enough: {numbers}"
+    if faster and accurate and close and invariant:
+        why = (
+            "faster at every batch size and accurate enough"
+            if batch_dependence is None
+            else "faster at every batch size, accurate enough and batch-invariant"
+        )
+        return True, f"kept: {why}: {numbers}"
     reasons = [
         r
         for r, bad in (
             ("not faster", not faster),
             ("too inaccurate", not accurate),
             ("too far from the training-time scores", not close),
+            ("batch-dependent", not invariant),
         )
         if bad
     ]
@@ -632,6 +734,8 @@ def _manifest_json(pkg: ServingPackage) -> str:
                 "parity_max_abs": v.parity_max_abs,
                 "parity_tolerance": v.parity_tolerance,
                 "batch_spread": v.batch_spread,
+                "batch_invariance_max_abs": _num(v.batch_invariance_max_abs),
+                "batch_invariance": {str(b): _num(x) for b, x in v.batch_invariance_by_batch},
                 "latency": [_latency_json(x) for x in v.latency],
             }
             for v in pkg.variants

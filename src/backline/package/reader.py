@@ -5,6 +5,8 @@
 
 `backline.package.export.package` writes the folder (see its docstring for the layout) and
 measures it; this module reads it back with torch and onnxruntime alone, never pickle.
+`load_package(root, device="cuda", buckets=...)` runs the fp32 program on a GPU in fixed batch
+sizes with CUDA graphs (backline.package.device; docs/gpu.md).
 
 A folder that is not a package at all (no package.json) or a variant it does not hold is an
 `InputError`: the caller asked for the wrong thing. A package whose files do not match
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +34,7 @@ import pyarrow.compute as pc
 import torch
 
 from backline.core.errors import InputError, IntegrityError, SchemaError
+from backline.package import device as device_module
 from backline.package.preprocess import Preprocessor
 
 FORMAT = "backline.serving/1"
@@ -56,6 +60,21 @@ ONNX_TOLERANCE = 1e-5
 #: it from the batch's activation range), so its bound is loose, but absolute: an int8 program
 #: over it is dropped, never kept with its own error as its tolerance.
 INT8_TOLERANCE = 0.1
+#: Largest |a row's score inside a batch - its score alone| an int8 program may show, over rows
+#: batched with random and with extreme mates at each of BATCH_INVARIANCE_SIZES; over it, int8 is
+#: dropped and fp32 served. A server batches requests that have nothing to do with each other,
+#: so one request's score must not hinge on which others arrived with it. 1e-3 is a tenth of a
+#: percentage point of probability: 0.2-0.3% of the fraud-shaped holdout rows lie that close to
+#: their recall-at-FPR threshold, against 1.3-5% within the 0.05 of dynamic int8. And it sits far
+#: from both sides: dynamic int8 moves rows by 0.054-0.095 on fraud-shaped models, fp32 by 1.2e-7
+#: (docs/gpu.md has the measurements).
+INT8_BATCH_TOLERANCE = 1e-3
+#: Batch sizes in which sampled rows are scored beside random mates (batch dependence).
+BATCH_INVARIANCE_SIZES = (2, 16, 256)
+#: Holdout rows (spread evenly; the edge rows too) scored inside those batches.
+BATCH_INVARIANCE_ROWS = 512
+#: Seed of the mates drawn for the batch-dependence measurement.
+BATCH_INVARIANCE_SEED = 0
 #: Batch sizes whose latency is measured: one request, and a full server batch.
 LATENCY_BATCHES = (1, 256)
 #: Holdout rows each variant also scores one at a time (with the edge rows), for parity.
@@ -72,6 +91,8 @@ LATENCY_STATISTIC = "best_round_p99"
 LATENCY_POOLED = "pooled_p99"
 #: Rows scored per call when a Scorer scores a large table.
 SCORE_CHUNK = 65_536
+
+_log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +156,13 @@ class VariantReport:
     """Largest |score of a row alone - its score in a batch of 256| over the rows scored alone:
     float rounding for fp32 and ONNX; int8's dynamic quantization makes scores batch-dependent."""
     latency: tuple[Latency, ...]
+    batch_invariance_max_abs: float = math.nan
+    """Largest |a row's score inside a batch - its score alone| over BATCH_INVARIANCE_ROWS
+    holdout rows and the edge rows, each batched with random mates and with edge-row mates at
+    every size of BATCH_INVARIANCE_SIZES (and the batch_spread rows): what a server's batching
+    can do to one row's score. NaN: unknown (a package written before this was measured)."""
+    batch_invariance_by_batch: tuple[tuple[int, float], ...] = ()
+    """(batch size, largest |in batch - alone|) per size measured; empty when unknown."""
 
     def at(self, batch: int) -> Latency:
         for item in self.latency:
@@ -343,6 +371,10 @@ def read_package(root: Path) -> ServingPackage:
                     parity_tolerance=float(v["parity_tolerance"]),
                     batch_spread=float(v["batch_spread"]),
                     latency=tuple(_latency(x) for x in v["latency"]),
+                    batch_invariance_max_abs=f(v.get("batch_invariance_max_abs")),
+                    batch_invariance_by_batch=tuple(
+                        sorted((int(k), f(x)) for k, x in v.get("batch_invariance", {}).items())
+                    ),
                 )
                 for v in doc["variants"]
             ),
@@ -386,7 +418,13 @@ def _latency(doc: Mapping[str, Any]) -> Latency:
 
 
 class Scorer:
-    """Scores Arrow tables of raw feature columns with one variant of a serving package."""
+    """Scores Arrow tables of raw feature columns with one variant of a serving package.
+
+    On the CPU without buckets it calls the program's forward() with each batch as it comes.
+    With `buckets`, or on CUDA, it encodes the strings on the CPU and runs score_codes in fixed
+    batch sizes on the device (backline.package.device): `mode` says whether CUDA graphs are in
+    use, `fallback` why not where they were asked for.
+    """
 
     def __init__(
         self,
@@ -396,12 +434,25 @@ class Scorer:
         run: Callable[[torch.Tensor, list[list[str | None]]], np.ndarray],
         entry: str,
         size_bytes: int,
+        *,
+        device: str = "cpu",
+        buckets: tuple[int, ...] | None = None,
+        mode: str = "eager",
+        fallback: str | None = None,
     ) -> None:
         self.root = root
         self.preprocess = pre
         self.variant = variant
         self.entry = entry
         self.size_bytes = size_bytes
+        self.device = device
+        """Where score_codes runs: "cpu" or "cuda:N" (encode always runs on the CPU)."""
+        self.buckets = buckets
+        """The batch sizes every call runs at (ascending), or None: each batch as it comes."""
+        self.mode = mode
+        """"cuda_graph" (one captured graph per bucket) or "eager"."""
+        self.fallback = fallback
+        """Why CUDA graphs were asked for (device cuda with buckets) but are not in use."""
         self._run = run
 
     @property
@@ -429,11 +480,36 @@ class Scorer:
         numeric, categorical = table_inputs(table, self.preprocess)
         return lambda: self._run(numeric, categorical)
 
+    def warm(self) -> None:
+        """Score one batch of every bucket (one row without buckets), all missing values and
+        unknown categories, so that no request pays for a first call: TorchScript's profiling
+        runs, CUDA's lazy loading. A server calls it before it reports ready."""
+        for n in self.buckets or (1,):
+            numeric = torch.zeros((n, len(self.preprocess.numeric)), dtype=torch.float64)
+            categorical: list[list[str | None]] = [[None] * n for _ in self.preprocess.categorical]
+            self._run(numeric, categorical)
 
-def load_package(root: Path, variant: str = "served", *, verify: bool = True) -> Scorer:
+
+def load_package(
+    root: Path,
+    variant: str = "served",
+    *,
+    verify: bool = True,
+    device: str = "cpu",
+    buckets: Sequence[int] | None = None,
+) -> Scorer:
     """A Scorer for the package in `root`: variant "served" (what package.json says a server
-    should load), "fp32", "int8" (only if it was kept) or "onnx" (needs onnxruntime)."""
+    should load), "fp32", "int8" (only if it was kept) or "onnx" (needs onnxruntime).
+
+    `device`: "cpu", or "cuda" / "cuda:N" for the fp32 program on a GPU ("served" means fp32
+    there: the int8 decision was made for the CPU, and its kernels run only there).
+    `buckets`: ascending batch sizes; each batch then runs at the smallest that holds it,
+    padded, and a larger one in chunks of the largest (backline.package.device). On CUDA each
+    bucket is captured as a CUDA graph; without buckets CUDA runs eager calls of any size.
+    """
     root = Path(root)
+    target = device_module.parse_device(device)
+    sizes = None if buckets is None else device_module.check_buckets(buckets)
     manifest = read_package(root)
     if verify:
         for item in manifest.files:
@@ -455,9 +531,21 @@ def load_package(root: Path, variant: str = "served", *, verify: bool = True) ->
                     f"{item.sha256[:12]}...; the file changed after packaging. Fetch it again."
                 )
     pre = _read_preprocess(root)
-    name = manifest.served if variant == "served" else variant
+    if variant == "served":
+        name = "fp32" if target.type == "cuda" else manifest.served
+    else:
+        name = variant
     if name not in VARIANTS:
         raise InputError(f"unknown serving variant {variant!r}. Use served, {', '.join(VARIANTS)}.")
+    if target.type == "cuda" and name != "fp32":
+        why = {
+            "int8": "its dynamically quantized kernels (fbgemm, qnnpack) run only on the CPU",
+            "onnx": "it is loaded with ONNX Runtime's CPU provider",
+        }[name]
+        raise InputError(
+            f'the {name} variant cannot run on device {str(device)!r}: {why}. Load "fp32" (or '
+            '"served") on CUDA, or this variant with device="cpu".'
+        )
     report = next((v for v in manifest.variants if v.name == name), None)
     if report is None or not report.kept:
         why = (
@@ -468,7 +556,9 @@ def load_package(root: Path, variant: str = "served", *, verify: bool = True) ->
         raise InputError(
             f'serving package {root} has no {name} model: {why}. Load "served" or "fp32".'
         )
-    return _load_scorer(root, pre, name)
+    if target.type == "cuda":
+        target = device_module.check_cuda(target)
+    return _load_scorer(root, pre, name, device=target, buckets=sizes)
 
 
 def _read_preprocess(root: Path) -> Preprocessor:
@@ -485,22 +575,47 @@ def _read_preprocess(root: Path) -> Preprocessor:
         raise IntegrityError(f"serving package {root}: {PREPROCESS_FILE}: {exc}") from None
 
 
-def _load_scorer(root: Path, pre: Preprocessor, variant: str) -> Scorer:
+_CPU = torch.device("cpu")
+
+#: encode(categorical, n) -> codes int64 [n, Dc] on the CPU
+Encode = Callable[[list[list[str | None]], int], torch.Tensor]
+
+
+def _load_scorer(
+    root: Path,
+    pre: Preprocessor,
+    variant: str,
+    *,
+    device: torch.device = _CPU,
+    buckets: tuple[int, ...] | None = None,
+) -> Scorer:
+    plain = device.type == "cpu" and buckets is None  # forward() / session.run, as they come
     if variant in ("fp32", "int8"):
         path = root / (MODEL_FILE if variant == "fp32" else INT8_FILE)
         try:
             with _quiet_torch():
-                program = torch.jit.load(str(path), map_location="cpu")
+                program = torch.jit.load(str(path), map_location=device)
         except (RuntimeError, OSError, ValueError) as exc:
             raise _unreadable(path, exc) from None
         program.eval()
+        size = path.stat().st_size
+        if plain:
 
-        def run_torch(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
-            with torch.inference_mode():
-                return program(numeric, categorical).numpy()
+            def run_torch(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
+                with torch.inference_mode():
+                    return program(numeric, categorical).numpy()
 
-        entry = "forward(numeric, categorical)"
-        return Scorer(root, pre, variant, run_torch, entry, path.stat().st_size)
+            entry = "forward(numeric, categorical)"
+            return Scorer(root, pre, variant, run_torch, entry, size)
+        if not (hasattr(program, "encode") and hasattr(program, "score_codes")):
+            raise InputError(
+                f"{path} has no encode() and score_codes() (it predates them), so it cannot run "
+                f"on {device} or in buckets. Re-export the package, or load it on the CPU "
+                "without buckets."
+            )
+        return _device_scorer(
+            root, pre, variant, program.encode, program.score_codes, size, device, buckets
+        )
     if variant == "onnx":
         import onnxruntime
 
@@ -515,15 +630,102 @@ def _load_scorer(root: Path, pre: Preprocessor, variant: str) -> Scorer:
             )
         except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, NoSuchFile)
             raise _unreadable(path, exc) from None
+        size = path.stat().st_size
 
         def run_onnx(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
             codes = vocabulary_codes(categorical, pre)
             feed = {"numeric": numeric.numpy(), "codes": codes}
             return np.asarray(session.run(["probability"], feed)[0])
 
-        entry = "vocabulary_codes + session.run(numeric, codes)"
-        return Scorer(root, pre, variant, run_onnx, entry, path.stat().st_size)
+        if plain:
+            entry = "vocabulary_codes + session.run(numeric, codes)"
+            return Scorer(root, pre, variant, run_onnx, entry, size)
+
+        def encode_onnx(categorical: list[list[str | None]], n: int) -> torch.Tensor:
+            return torch.from_numpy(vocabulary_codes(categorical, pre))
+
+        def score_onnx(numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+            feed = {"numeric": numeric.numpy(), "codes": codes.numpy()}
+            return torch.from_numpy(np.asarray(session.run(["probability"], feed)[0]))
+
+        return _device_scorer(root, pre, variant, encode_onnx, score_onnx, size, device, buckets)
     raise InputError(f"unknown serving variant {variant!r}. Use served, fp32, int8 or onnx.")
+
+
+def _device_scorer(
+    root: Path,
+    pre: Preprocessor,
+    variant: str,
+    encode: Encode,
+    score_codes: device_module.ScoreCodes,
+    size_bytes: int,
+    device: torch.device,
+    buckets: tuple[int, ...] | None,
+) -> Scorer:
+    """encode on the CPU, then score_codes on `device`: in buckets (device_module.BucketRunner,
+    with CUDA graphs on CUDA), or eager at each batch's own size."""
+    n_numeric, n_categorical = len(pre.numeric), len(pre.categorical)
+
+    def codes_of(numeric: torch.Tensor, categorical: list[list[str | None]]) -> torch.Tensor:
+        if numeric.dim() != 2 or numeric.shape[1] != n_numeric:
+            raise SchemaError(
+                f"numeric inputs have shape {tuple(numeric.shape)}; the program takes "
+                f"(N, {n_numeric}). Build them with table_inputs."
+            )
+        if len(categorical) != n_categorical:
+            raise SchemaError(
+                f"{len(categorical)} categorical column(s) given; the program takes "
+                f"{n_categorical}. Build them with table_inputs."
+            )
+        return encode(categorical, numeric.shape[0])
+
+    where = "the CPU" if device.type == "cpu" else str(device)
+    if buckets is not None:
+        runner = device_module.BucketRunner(
+            score_codes, buckets, n_numeric, n_categorical, device, graphs=device.type == "cuda"
+        )
+
+        def run(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
+            return runner(numeric, codes_of(numeric, categorical))
+
+        how = "CUDA graph replay" if runner.mode == "cuda_graph" else "score_codes"
+        entry = f"encode (CPU) + {how} on {where} in buckets of {', '.join(map(str, buckets))}"
+        mode, fallback = runner.mode, runner.fallback
+    else:
+
+        def run(numeric: torch.Tensor, categorical: list[list[str | None]]) -> np.ndarray:
+            codes = codes_of(numeric, categorical)
+            with torch.inference_mode():
+                return score_codes(numeric.to(device), codes.to(device)).cpu().numpy()
+
+        entry = f"encode (CPU) + score_codes on {where}"
+        mode, fallback = "eager", None
+    scorer = Scorer(
+        root,
+        pre,
+        variant,
+        run,
+        entry,
+        size_bytes,
+        device=str(device),
+        buckets=buckets,
+        mode=mode,
+        fallback=fallback,
+    )
+    if device.type == "cuda" and mode != "cuda_graph":
+        # graphs ran every bucket while capturing; eager calls are tried once here, so a
+        # program that cannot run on the GPU fails at load, not on the first request
+        try:
+            run(torch.zeros((1, n_numeric), dtype=torch.float64), [[None]] * n_categorical)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(
+                f"serving package {root}: the {variant} program cannot run on {device} "
+                f'({first}). Load it with device="cpu".'
+            ) from None
+    if fallback is not None:
+        _log.warning("serving package %s on %s: %s", root, device, fallback)
+    return scorer
 
 
 def _unreadable(path: Path, exc: BaseException) -> IntegrityError:
