@@ -13,12 +13,12 @@ The servers, each answering POST /v1/models/fraud:predict with the body backline
                      endpoint a plain `def` (FastAPI's advice for blocking work): the unbatched
                      reference
     fastapi-async    the same endpoint as `async def` (no threadpool hop; not in the default set)
-    ray              Ray Serve, `@serve.batch`, tuned: batch 32, 1 ms wait, 64 ongoing requests
+    ray              Ray Serve, `@serve.batch`, tuned: batch 64, 2 ms wait, 128 ongoing requests
                      per replica, access log off, direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED)
     ray-default      Ray Serve, `@serve.batch` with Serve's defaults (batch 10, 10 ms wait, 5
                      ongoing requests), requests through the HTTP proxy
     bentoml          BentoML, an API service in front of a `batchable=True` scorer service, tuned:
-                     max_batch_size 32, max_latency_ms 10, metrics and access log off
+                     max_batch_size 32, max_latency_ms 20 (the SLO), metrics and access log off
     bentoml-default  the same services with BentoML's defaults (100, 60000 ms, metrics and log on)
     noop             Starlette answering a constant without parsing: the HTTP floor
 
@@ -97,6 +97,7 @@ STARLETTE = "starlette==1.10.0"
 RAY = "ray[serve]==2.60.0"
 BENTOML = "bentoml==1.4.40"
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CORE = 0
 LOADGEN_CORE = 1
 PARITY_TOL = 1e-6
@@ -146,9 +147,9 @@ def _backline_args(prediction_log: bool) -> Callable[[Path, Path, int], list[str
     return args
 
 
-RAY_TUNED = {"max_batch_size": 32, "batch_wait_ms": 1.0, "max_ongoing_requests": 64}
+RAY_TUNED = {"max_batch_size": 64, "batch_wait_ms": 2.0, "max_ongoing_requests": 128}
 RAY_DEFAULT = {"max_batch_size": 10, "batch_wait_ms": 10.0, "max_ongoing_requests": 5}
-BENTO_TUNED = {"max_batch_size": 32, "max_latency_ms": 10}
+BENTO_TUNED = {"max_batch_size": 32, "max_latency_ms": 20}
 BENTO_DEFAULT = {"max_batch_size": 100, "max_latency_ms": 60000}
 # both: BentoML's client to the scorer is kept instead of being replaced every 100 calls, which
 # fails the calls in flight (see _serve_peers/bentoml_service.py)
@@ -510,7 +511,15 @@ def _describe(pid: int) -> dict[str, Any] | None:
     shown = " ".join(a if len(a) < 60 else "..." + a[-40:] for a in argv) or comm
     name = comm
     if argv and argv[0].startswith("ray::"):  # Ray's actors retitle themselves; comm is cut
-        name = shown = argv[0].split()[0]
+        name = shown = argv[0].split()[0].split(".")[0]  # less the method running now
+    elif comm.startswith("python") and len(argv) > 1:  # which script or module
+        rest = [a for a in argv[1:] if a != "-u"]
+        if rest[:1] == ["-m"] and len(rest) > 1:
+            name = f"python -m {rest[1]}"
+        elif rest:
+            name = f"python {Path(rest[0]).name}"
+        if "--service-name" in argv[:-1]:  # BentoML's workers
+            name += f" [{argv[argv.index('--service-name') + 1]}]"
     return {"pid": pid, "name": name, "cmd": shown[:160], "cores": cores, "rss_mb": rss_kb / 1024}
 
 
@@ -602,6 +611,20 @@ class Running:
             if old is not None:
                 info["rss_mb"] = max(info["rss_mb"], old["rss_mb"])
             self.seen[pid] = info
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the peer's live processes have used so far."""
+        assert self.process is not None
+        total = 0
+        for pid in _proc_tree(self.process.pid, self.token):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLOCK_TICKS
 
     def spawned(self) -> dict[str, Any]:
         procs = sorted(self.seen.values(), key=lambda p: p["pid"])
@@ -817,10 +840,21 @@ def measure_peer(
     `own_low` at LOW_LOAD_FRACTION of this peer's own maximum (backline's, which sets the rate
     for the others); not at all when neither is given."""
     url = run.base + PREDICT_PATH
-    load(url, bodies, duration=plan.warmup, slo_ms=plan.slo_ms, concurrency=8)
+
+    def point_at(**kw: Any) -> dict[str, Any]:
+        """`load`, with the machine's load average before it and the share of a core the
+        peer's processes used during it (how busy the server core was, and how noisy)."""
+        loadavg = os.getloadavg()[0]
+        cpu0, t0 = run.cpu_seconds(), time.perf_counter()
+        point = load(url, bodies, slo_ms=plan.slo_ms, **kw)
+        point["server_cpu_share"] = (run.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+        point["loadavg_1m_before"] = loadavg
+        return point
+
+    point_at(duration=plan.warmup, concurrency=8)
     out: dict[str, Any] = {"closed": {}}
     for c in (8, 64):
-        point = load(url, bodies, duration=plan.duration, slo_ms=plan.slo_ms, concurrency=c)
+        point = point_at(duration=plan.duration, concurrency=c)
         out["closed"][str(c)] = point
         log(f"  closed c={c}: {_point_line(point)}")
         _settle(run)
@@ -828,7 +862,7 @@ def measure_peer(
     out["max_rps"] = saturation
 
     def open_at(rate: float) -> dict[str, Any]:
-        point = load(url, bodies, duration=plan.duration, slo_ms=plan.slo_ms, rate=rate, seed=seed)
+        point = point_at(duration=plan.duration, rate=rate, seed=seed)
         log(f"  open {rate:,.0f}/s: {_point_line(point)}")
         _settle(run, point)
         return point
@@ -841,7 +875,7 @@ def measure_peer(
         low_rate = LOW_LOAD_FRACTION * saturation
     if low_rate:
         duration = min(max(plan.duration, plan.low_min_requests / low_rate), 3 * plan.duration)
-        point = load(url, bodies, duration=duration, slo_ms=plan.slo_ms, rate=low_rate, seed=seed)
+        point = point_at(duration=duration, rate=low_rate, seed=seed)
         point["offered_rate"] = low_rate
         out["low"] = point
         log(f"  low load {low_rate:,.0f}/s: {_point_line(point)}")
@@ -861,7 +895,8 @@ def _point_line(p: dict[str, Any]) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in p["errors"].items()) or "no errors"
     text = (
         f"{p['ok_rate']:,.0f} ok/s, goodput {p['goodput']:,.0f}/s, p50 {_ms(lat.get('p50'))}, "
-        f"p99 {_ms(lat.get('p99'))} ms, {errors}"
+        f"p99 {_ms(lat.get('p99'))} ms, {errors}; server {p['server_cpu_share']:.0%} of a core, "
+        f"load avg {p['loadavg_1m_before']:.1f}"
     )
     if p.get("warnings"):
         text += " [generator: " + "; ".join(w.split(":")[0] for w in p["warnings"]) + "]"
@@ -925,7 +960,7 @@ def ratios(run_figures: dict[str, dict[str, float | None]]) -> dict[str, float |
             for n, f in run_figures.items()
             if n not in ("backline", FLOOR) and f.get("goodput_rps") == best
         )
-    out: dict[str, Any] = {"best_peer": best_peer}
+    out: dict[str, Any] = {"best_peer": best_peer, "best_peer_goodput": best}
     g = bl.get("goodput_rps")
     out["goodput_vs_best_peer"] = (g / best) if g is not None and best else None
     floor = run_figures.get(FLOOR, {}).get("max_rps")
@@ -949,6 +984,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     for key in ("goodput_vs_best_peer", "max_vs_noop_floor", "low_p99_minus_unbatched_ms"):
         summary_ratios[key] = spread([r[key] for r in per_run_ratios])
     summary_ratios["best_peer_by_run"] = [r["best_peer"] for r in per_run_ratios]
+    summary_ratios["best_peer_goodput_by_run"] = [r["best_peer_goodput"] for r in per_run_ratios]
     targets = {
         "goodput_vs_best_peer": {"target": f">= {TARGET_GOODPUT_RATIO:g}"},
         "max_vs_noop_floor": {"target": f">= {TARGET_FLOOR_RATIO:g}"},
@@ -1014,7 +1050,11 @@ def print_table(results: dict[str, Any], summary: dict[str, Any]) -> None:
         print(f"{names[key]:<52} {_fmt(s, 2):>22}   target {entry['target']}: {met}")
     best = [b for b in summary["ratios"]["best_peer_by_run"] if b]
     if best:
-        print(f"best other peer by run: {', '.join(best)}")
+        goodputs = summary["ratios"]["best_peer_goodput_by_run"]
+        shown = ", ".join(f"{b} ({g:,.0f}/s)" for b, g in zip(best, goodputs, strict=False))
+        print(f"best other peer by goodput, by run: {shown}")
+        if all(g == 0 for g in goodputs if g is not None):
+            print("  (no other peer kept its p99 within the SLO at any rate: no goodput ratio)")
 
 
 # ------------------------------------------------------------------------------------------
