@@ -394,11 +394,20 @@ class Project:
         options.setdefault("progress", False)
         return train_and_register(self.config, **options)
 
-    def model(self, spec: str, variant: str = "served") -> Scorer:
+    def model(
+        self,
+        spec: str,
+        variant: str = "served",
+        *,
+        device: str = "cpu",
+        buckets: Sequence[int] | None = None,
+    ) -> Scorer:
         """A Scorer for a registered version: "fraud@champion" (an alias), "fraud@3" or
         "fraud:3" (a version number), "fraud@latest", or "fraud" (the champion). Its package
         is copied out of the registry and every file is checked against its sha256 before it
-        is loaded. The Scorer holds the model in memory and keeps working after `close()`."""
+        is loaded. The Scorer holds the model in memory and keeps working after `close()`.
+        `device` ("cpu", "cuda") and `buckets` (padded batch sizes, CUDA graphs on a GPU): see
+        `backline.package.load_package`."""
         from backline.package import load_package
         from backline.pipeline.gate import fetch_package
         from backline.registry import CHAMPION
@@ -409,7 +418,7 @@ class Project:
         version = registry.get(name, ref or CHAMPION)
         with tempfile.TemporaryDirectory(prefix="backline-model-") as tmp:
             folder = fetch_package(registry, name, version.version, Path(tmp) / "package")
-            return load_package(folder, variant, verify=True)
+            return load_package(folder, variant, verify=True, device=device, buckets=buckets)
 
 
 def _is_pandas(value: object) -> bool:

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
 
 import backline
 from backline.core.workspace import init_project
@@ -40,6 +41,16 @@ def trained_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     toml.write_text(text + SETTINGS)
     data = generate(GeneratorConfig(days=24, cards=400, seed=5))
     paths = write_generated(data, root / "data", fmt="parquet")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # packaging measures latency: two threads on a busy machine crawl
+    try:
+        _build(root, paths)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def _build(root: Path, paths: dict[str, Path]) -> None:
     with backline.open(root) as project:
         project.ingest("transactions", paths["transactions"])
         project.ingest("labels", paths["labels"])
@@ -49,7 +60,6 @@ def trained_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         gate(project.config, "fraud", first.version.version)
         project.registry.promote("fraud", first.version.version, actor="test", reason="first")
         project.train(model_name="fraud", max_steps=80)
-    return root
 
 
 @pytest.fixture

@@ -424,3 +424,28 @@ def test_json_of_metadata(trained_root: Path) -> None:
     assert status == 200
     assert {i["name"] for i in meta["inputs"]} >= {"card_id", "merchant_id", "amount"}
     assert json.dumps(meta)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_serve_on_cuda_without_a_gpu_exits_2_and_says_why(fresh_project: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backline.cli",
+            "serve",
+            "--project",
+            str(fresh_project),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "BACKLINE_SERVE_DEVICE": "cuda"},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "torch.cuda.is_available()" in done.stderr

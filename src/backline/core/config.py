@@ -273,6 +273,10 @@ class ServeSection:
     thread spins against the other workers and the HTTP loop (measured: batch 8 scored in 2 ms
     with 1 thread, 30 ms with 2 on a loaded 2-core machine)."""
 
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the model runs. cuda pads every batch to a bucket (1, 2, 4, ... max_batch) and
+    replays one captured CUDA graph per bucket (docs/gpu.md)."""
+
     variant: Literal["served", "fp32", "int8", "onnx"] = "served"
     """Which program of the package to run; served = what the package chose."""
 

@@ -99,6 +99,7 @@ class ModelHolder:
         *,
         max_batch: int,
         variant: str = "served",
+        device: str = "cpu",
     ) -> None:
         from backline.registry import CHAMPION
         from backline.registry.records import parse_model_spec
@@ -108,6 +109,7 @@ class ModelHolder:
         self.name = name
         self.ref: str | int = ref if ref is not None else CHAMPION
         self.variant = variant
+        self.device = device
         self.max_batch = max_batch
         self.buckets = buckets_up_to(max_batch)
         self.current: ServedModel | None = None
@@ -158,7 +160,13 @@ class ModelHolder:
 
     def _load(self, number: int) -> ServedModel:
         project = self.project
-        scorer = project.model(f"{self.name}@{number}", self.variant)
+        gpu = self.device != "cpu"
+        scorer = project.model(
+            f"{self.name}@{number}",
+            self.variant,
+            device=self.device,
+            buckets=self.buckets if gpu else None,
+        )
         service = project.config.train.service
         plan = project.read_plan(service)
         missing = [f for f in scorer.feature_names if f not in plan.outputs]
@@ -170,6 +178,8 @@ class ModelHolder:
             )
         served = ServedModel(self.name, number, scorer, service)
         t0 = time.perf_counter()
+        if gpu:
+            scorer.warm()  # every bucket once: graphs captured before the first request
         warm(served, self.buckets)
         served.warm_seconds = time.perf_counter() - t0
         return served

@@ -80,7 +80,9 @@ def build_app(project: Project, spec: ServeSpec, *, worker: str = "w0") -> Serve
     _set_threads(s.threads)
     assert spec.model is not None
     metrics = Metrics()
-    holder = ModelHolder(project, spec.model, max_batch=s.max_batch, variant=s.variant)
+    holder = ModelHolder(
+        project, spec.model, max_batch=s.max_batch, variant=s.variant, device=s.device
+    )
     plan = project.read_plan(cfg.train.service)
     entity_source = cfg.sources.get(cfg.train.entity_source)
     pk = entity_source.primary_key if entity_source is not None else ()
