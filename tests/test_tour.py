@@ -133,6 +133,9 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     assert "gate PASSED" in first("backline models gate")
     shown = first("backline models show")
     assert "champion" in shown
+    bench = first("backline bench serve")
+    assert re.search(r"([\d,]+) sent, \1 answered, \1 ok", bench), bench
+    assert re.search(r"errors\s*│\s*none", bench), bench
 
 
 @pytest.mark.slow
