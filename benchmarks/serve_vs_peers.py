@@ -44,12 +44,21 @@ against `scorer.score` on the same rows (sequential and concurrent requests, to 
        requests per second answered within the SLO at that rate
     3. open loop at 10% of backline's maximum (of this run): p50 and p99 at low load
 
+An open-loop point lasts --duration, or longer at a low rate so that its p99 rests on 2,000
+requests (500 with --quick), at most three times --duration.
+
 The runs interleave the peers (run 1: every peer, then run 2, ...), backline first in each run;
 each figure is the median over runs with its spread (min-max). Ratios (per run, then median):
 backline's goodput over the best other peer's (target >= 2), backline's maximum over the no-op
 floor's (target >= 0.7), backline's low-load p99 minus the unbatched FastAPI's (target <= 1 ms).
-The machine is shared and noisy: read the ratios and the spreads as well as the figures. The exit
-code is 0 even when a target is missed; it is 1 when a peer cannot be run or answers wrongly.
+The machine is shared and noisy: read the ratios and the spreads as well as the figures; each
+point also records the load average and the share of a core the peer's processes used, and the
+load generator's own warnings (it fell behind its schedule). The exit code is 0 even when a
+target is missed; it is 1 when a peer cannot be run or answers wrongly.
+
+Time: a run of every default peer takes 15-20 minutes at 10 s a point (the slow peers' low
+rates stretch their points), the venvs a few minutes once; --quick about 6 minutes. Peer logs:
+benchmarks/.peers/logs/NAME-runK.log.
 """
 
 from __future__ import annotations
@@ -773,6 +782,7 @@ class Plan:
     bisect: int
     warmup: float
     low_min_requests: int = 2000
+    """Open-loop points run until this many requests were scheduled (up to 3x duration)."""
 
 
 def sweep(
@@ -862,7 +872,7 @@ def measure_peer(
     out["max_rps"] = saturation
 
     def open_at(rate: float) -> dict[str, Any]:
-        point = point_at(duration=plan.duration, rate=rate, seed=seed)
+        point = point_at(duration=_open_duration(plan, rate), rate=rate, seed=seed)
         log(f"  open {rate:,.0f}/s: {_point_line(point)}")
         _settle(run, point)
         return point
@@ -874,13 +884,18 @@ def measure_peer(
     if own_low and low_rate is None:
         low_rate = LOW_LOAD_FRACTION * saturation
     if low_rate:
-        duration = min(max(plan.duration, plan.low_min_requests / low_rate), 3 * plan.duration)
-        point = point_at(duration=duration, rate=low_rate, seed=seed)
+        point = point_at(duration=_open_duration(plan, low_rate), rate=low_rate, seed=seed)
         point["offered_rate"] = low_rate
         out["low"] = point
         log(f"  low load {low_rate:,.0f}/s: {_point_line(point)}")
     run.snapshot()
     return out
+
+
+def _open_duration(plan: Plan, rate: float) -> float:
+    """Long enough at a low rate for its p99 to rest on plan.low_min_requests requests (a p99
+    of 50 requests is their maximum), up to three times plan.duration."""
+    return min(max(plan.duration, plan.low_min_requests / rate), 3 * plan.duration)
 
 
 def _settle(run: Running, point: dict[str, Any] | None = None) -> None:
@@ -1228,6 +1243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         info["spawned"].append(running.spawned())
                     run_out["measured"][name] = measured
                     run_out["figures"][name] = figures(measured)
+                    run_out.setdefault("order", []).append(name)
                     if name == "backline" and low_rate is None and "low" in measured:
                         low_rate = measured["low"]["offered_rate"]
                 except Exception as exc:
@@ -1238,6 +1254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _log("no low-load rate (backline not measured and no --low-rate): step 3 skipped")
             results["low_rate_by_run"].append(low_rate)
             results["runs"].append(run_out)
+            if args.json:  # what is done so far, in case a later run is interrupted
+                args.json.write_text(json.dumps(results, indent=2, default=str))
     finally:
         expected.close()
     results["summary"] = summarize(results)
