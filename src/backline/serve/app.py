@@ -13,8 +13,9 @@ Status codes: 200 scored; 400 a malformed body (the error names the field); 404 
 model or path; 405 a wrong method; 413 a body over serve.max_body_bytes; 429 the queue is full
 (with Retry-After); 503 not ready (loading, or draining) and only that; 504 the request's
 deadline (X-Request-Timeout-Ms, default serve.timeout_ms) passed before it was scored. Every
-error body is {"error": {"code", "message"[, "field"]}}, and every answer that scored names the
-model version in its body and in the X-Model-Version header.
+error body is {"error": {"code", "message"[, "field"]}} (on /v2 routes the protocol's
+{"error": MESSAGE, "code", ["field"]}), and every answer that scored names the model version in
+its body and in the X-Model-Version header.
 
 The app is a plain ASGI callable rather than a framework's router: the hot path is one dict
 lookup and one JSON parse, measured against Starlette in docs/architecture.md.
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from backline import __version__
@@ -228,7 +230,7 @@ class ServeApp:
                 self._method(method, "POST")
                 name = path[len("/v1/models/") : -len(":predict")]
                 await self._predict(scope, receive, send, name, start, v2=False)
-            elif path == "/v2" or path.startswith("/v2/"):
+            elif _is_v2(path):
                 await self._v2(scope, receive, send, path, method, start)
             elif path == "/v1/features:push":
                 self._method(method, "POST")
@@ -250,11 +252,12 @@ class ServeApp:
                     "POST /v2/models/{name}/infer or GET /openapi.json."
                 )
         except MethodNotAllowed as exc:
-            await _error(send, exc, headers=[(b"allow", exc.allow.encode())])
+            await _error(send, exc, headers=[(b"allow", exc.allow.encode())], v2=_is_v2(path))
         except BacklineError as exc:
-            await _error(send, exc)
+            await _error(send, exc, v2=_is_v2(path))
         except Exception as exc:  # a bug: answer 500 with a body, never a dropped connection
-            await _error(send, BacklineError(f"internal error: {type(exc).__name__}: {exc}"), 500)
+            bug = BacklineError(f"internal error: {type(exc).__name__}: {exc}")
+            await _error(send, bug, 500, v2=_is_v2(path))
 
     def _method(self, method: str, wanted: str) -> None:
         if method != wanted:
@@ -365,7 +368,8 @@ class ServeApp:
         if self.holder.current is None or not (self.ready or self.draining):
             raise NotReady(self._not_ready())
         deadline = self._deadline(scope, arrived)
-        doc = _parse_json(body)
+        length = _header(scope, b"inference-header-content-length") if v2 else None
+        doc = parse_v2_body(body, length) if v2 else _parse_json(body)
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         if v2:
             request, v2_id, wanted = parse_v2(doc, self.schema, request_id)
@@ -685,6 +689,99 @@ def parse_push(doc: Any) -> tuple[str, pa.Table]:
     return source, pa.table(arrays)
 
 
+#: Little-endian element types of the binary tensor data extension, by v2 datatype.
+_V2_BINARY = {
+    "FP64": "<f8",
+    "FP32": "<f4",
+    "FP16": "<f2",
+    "INT64": "<i8",
+    "INT32": "<i4",
+    "INT16": "<i2",
+    "INT8": "i1",
+    "UINT64": "<u8",
+    "UINT32": "<u4",
+    "UINT16": "<u2",
+    "UINT8": "u1",
+}
+
+
+def parse_v2_body(body: bytes, header_length: str | None) -> Any:
+    """The JSON of a v2 request. With `Inference-Header-Content-Length` (Triton's binary tensor
+    data extension, what tritonclient sends by default) the body is that many bytes of JSON,
+    then each input's `binary_data_size` bytes in order; they become the input's "data"."""
+    if header_length is None:
+        return _parse_json(body)
+    if not header_length.strip().isdigit() or int(header_length) > len(body):
+        raise RequestError(
+            f"Inference-Header-Content-Length is {header_length!r}; give the length of the "
+            f"JSON part of the body (at most {len(body)})",
+            field="Inference-Header-Content-Length",
+        )
+    n = int(header_length)
+    doc = _parse_json(body[:n])
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    offset = n
+    for j, tensor in enumerate(inputs if isinstance(inputs, list) else []):
+        params = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None:
+            continue
+        where = f"inputs[{j}]"
+        if (
+            not isinstance(size, int)
+            or isinstance(size, bool)
+            or not 0 <= size <= len(body) - offset
+        ):
+            raise RequestError(
+                f"{where} says binary_data_size {_show(size)}, but {len(body) - offset} bytes "
+                "of the body are left",
+                field=f"{where}.parameters.binary_data_size",
+            )
+        raw = body[offset : offset + size]
+        offset += size
+        tensor["data"] = _decode_binary(raw, tensor.get("datatype"), where)
+    if offset != len(body):
+        raise RequestError(
+            f"the body has {len(body) - offset} bytes after its inputs' binary data",
+            field="body",
+        )
+    return doc
+
+
+def _decode_binary(raw: bytes, datatype: Any, where: str) -> list[Any]:
+    if datatype == "BYTES":  # each element: its length (uint32, little-endian), then its bytes
+        out: list[Any] = []
+        i = 0
+        while i < len(raw):
+            if i + 4 > len(raw):
+                break
+            size = int.from_bytes(raw[i : i + 4], "little")
+            if i + 4 + size > len(raw):
+                break
+            try:
+                out.append(raw[i + 4 : i + 4 + size].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise RequestError(f"{where} holds bytes that are not UTF-8 text", where) from None
+            i += 4 + size
+        else:
+            return out
+        raise RequestError(f"{where} has truncated BYTES data", field=f"{where}.data")
+    dtype = _V2_BINARY.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise RequestError(
+            f"{where} has binary data of datatype {_show(datatype)}; send BYTES, FP* or INT*",
+            field=f"{where}.datatype",
+        )
+    width = int(dtype[-1])
+    if len(raw) % width:
+        raise RequestError(
+            f"{where} has {len(raw)} bytes of {datatype}, not a whole number of values",
+            field=f"{where}.data",
+        )
+    values: list[Any] = np.frombuffer(raw, dtype=dtype).tolist()
+    return values
+
+
 #: v2 datatypes a tensor may have, by what it carries.
 _V2_KEY_TYPES = {"BYTES", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
 _V2_NUMBER_TYPES = {
@@ -889,11 +986,31 @@ async def _json(send: Send, status: int, doc: Mapping[str, Any]) -> None:
     await _send(send, status, json.dumps(doc).encode())
 
 
+def _is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def _error_body(exc: BacklineError, v2: bool) -> dict[str, Any]:
+    """{"error": {"code", "message"[, "field"]}}; on the v2 routes the Open Inference Protocol's
+    {"error": MESSAGE} with "code" (and "field") beside it, which KServe and Triton clients
+    read (tritonclient cannot even print an error whose "error" is an object)."""
+    body: dict[str, Any] = exc.to_json()
+    if not v2:
+        return body
+    inner = body["error"]
+    flat = {"error": inner["message"], "code": inner["code"]}
+    if "field" in inner:
+        flat["field"] = inner["field"]
+    return flat
+
+
 async def _error(
     send: Send,
     exc: BacklineError,
     status: int | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    v2: bool = False,
 ) -> None:
     code = status or exc.http_status
     extra = list(headers or [])
@@ -903,7 +1020,7 @@ async def _error(
         extra.append((b"retry-after", b"1"))
     # RuntimeError: the response had already started (a bug elsewhere): nothing to add
     with contextlib.suppress(RuntimeError):
-        await _send(send, code, json.dumps(exc.to_json()).encode(), extra=extra)
+        await _send(send, code, json.dumps(_error_body(exc, v2)).encode(), extra=extra)
 
 
 def openapi_spec(app: ServeApp) -> dict[str, Any]:

@@ -26,11 +26,23 @@ _ERROR = {
 }
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+#: The v2 routes answer errors the Open Inference Protocol's way: "error" is the message.
+_V2_ERROR = {
+    "type": "object",
+    "required": ["error", "code"],
+    "properties": {
+        "error": {"type": "string"},
+        "code": {"type": "string"},
+        "field": {"type": "string"},
+    },
+}
+
+
+def _errors(*codes: int, ref: str = "Error") -> dict[str, Any]:
     return {
         str(c): {
             "description": _REASONS[c],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
         }
         for c in codes
     }
@@ -48,9 +60,17 @@ _REASONS = {
 }
 
 
+#: The datatypes an input may have (which one fits which field: app.parse_v2).
+_V2_DATATYPES = (
+    "BYTES", "FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32",
+    "UINT16", "UINT8",
+)  # fmt: skip
+
+
 def build_spec(model: str, schema: Schema) -> dict[str, Any]:
-    key = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
-    number = {"type": ["number", "null"]}
+    # OpenAPI 3.0 schemas: one `type` each (`nullable` for null), a boolean exclusiveMinimum
+    key = {"oneOf": [{"type": "string"}, {"type": "integer", "format": "int64"}]}
+    number = {"type": "number", "nullable": True}
     instance = {
         "type": "object",
         "additionalProperties": False,
@@ -61,7 +81,15 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
             **{p: key for p in schema.passthrough},
         },
     }
-    at = {"type": "string", "format": "date-time", "description": "Score as of this time."}
+    at = {
+        "type": "string",
+        "format": "date-time",
+        "nullable": True,
+        "description": "Score as of this time (with a zone); default: when the batch runs.",
+    }
+    scalar = {
+        "anyOf": [{"type": "string", "nullable": True}, {"type": "number"}, {"type": "boolean"}]
+    }
     predict = {
         "oneOf": [
             {
@@ -91,12 +119,30 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
             "data": {"type": "array"},
         },
     }
+    # an input is one field of the instances: shape [N] or [N, 1], keys and ids as BYTES or an
+    # integer type, request fields as a number type
+    input_tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {
+            "name": {"type": "string", "enum": [*schema.keys, *schema.fields, *schema.passthrough]},
+            "shape": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 2,
+                "items": {"type": "integer", "minimum": 0},
+            },
+            "datatype": {"type": "string", "enum": list(_V2_DATATYPES)},
+            "data": {"type": "array"},
+            "parameters": {"type": "object"},
+        },
+    }
     infer = {
         "type": "object",
         "required": ["inputs"],
         "properties": {
             "id": {"type": "string"},
-            "inputs": {"type": "array", "minItems": 1, "items": tensor},
+            "inputs": {"type": "array", "minItems": 1, "items": input_tensor},
             "outputs": {
                 "type": "array",
                 "items": {"type": "object", "properties": {"name": {"type": "string"}}},
@@ -141,12 +187,23 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
             }
         return answer
 
-    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    name_param = {  # one model per server: any other name is a 404
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model]},
+    }
+    version_param = {  # the served version (it changes on a hot swap; others are a 404)
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
     timeout = {
         "name": "X-Request-Timeout-Ms",
         "in": "header",
         "required": False,
-        "schema": {"type": "number", "exclusiveMinimum": 0},
+        "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
     }
     return {
         "openapi": "3.0.3",
@@ -170,10 +227,22 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
                     "requestBody": body("InferRequest"),
                     "responses": {
                         "200": ok("InferResponse", "The score tensor."),
-                        **_errors(400, 404, 413, 429, 503, 504),
+                        **_errors(400, 404, 413, 429, 503, 504, ref="V2Error"),
                     },
                 }
             },
+            "/v2/models/{name}/versions/{version}/infer": {
+                "post": {
+                    "summary": "v2 inference, pinned to a version (404 unless it is served).",
+                    "parameters": [name_param, version_param, timeout],
+                    "requestBody": body("InferRequest"),
+                    "responses": {
+                        "200": ok("InferResponse", "The score tensor."),
+                        **_errors(400, 404, 413, 429, 503, 504, ref="V2Error"),
+                    },
+                }
+            },
+            "/v2": {"get": {"responses": {"200": ok(None, "Server metadata.")}}},
             "/v2/health/live": {"get": {"responses": {"200": ok(None, "The process is up.")}}},
             "/v2/health/ready": {
                 "get": {
@@ -186,7 +255,10 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
             "/v2/models/{name}": {
                 "get": {
                     "parameters": [name_param],
-                    "responses": {"200": ok(None, "Model metadata."), **_errors(404)},
+                    "responses": {
+                        "200": ok(None, "Model metadata."),
+                        **_errors(404, ref="V2Error"),
+                    },
                 }
             },
             "/v2/models/{name}/ready": {
@@ -195,7 +267,7 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
                     "responses": {
                         "200": ok(None, "Ready."),
                         "503": ok(None, "Not ready."),
-                        **_errors(404),
+                        **_errors(404, ref="V2Error"),
                     },
                 }
             },
@@ -210,18 +282,25 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
                                     "type": "object",
                                     "required": ["source", "rows"],
                                     "properties": {
-                                        "source": {"type": "string"},
+                                        "source": {"type": "string", "minLength": 1},
                                         "rows": {
                                             "type": "array",
                                             "minItems": 1,
-                                            "items": {"type": "object"},
+                                            "items": {
+                                                "type": "object",
+                                                "minProperties": 1,
+                                                "additionalProperties": scalar,
+                                            },
                                         },
                                     },
                                 }
                             }
                         },
                     },
-                    "responses": {"200": ok(None, "What was ingested."), **_errors(400, 404)},
+                    "responses": {
+                        "200": ok(None, "What was ingested (and quarantined)."),
+                        **_errors(400, 404, 413),
+                    },
                 }
             },
             "/metrics": {"get": {"responses": {"200": ok(None, "Prometheus metrics.")}}},
@@ -229,6 +308,7 @@ def build_spec(model: str, schema: Schema) -> dict[str, Any]:
         "components": {
             "schemas": {
                 "Error": _ERROR,
+                "V2Error": _V2_ERROR,
                 "Instance": instance,
                 "Predict": predict,
                 "Scored": scored,
