@@ -846,21 +846,6 @@ def test_parse_v1_keeps_the_instances_apart() -> None:
 # -- bugs outside this file's reach -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine.py: a request's failure is not kept to that request. With the prediction log on "
-        "(the default), one client's card_id 5 (an integer: valid, it reads as an unseen card) "
-        "batched with another client's card_id 'card_...' makes Engine._log_rows build the "
-        "entity column with pa.array([...mixed...]) -> ArrowTypeError on the compute thread, "
-        "which _compute does not catch (only BacklineError), so every request of the batch gets "
-        "a 500. Same for a passthrough transaction_id given as a string by one client and an "
-        "integer by another. The log should never fail scoring (drop and count, as a full "
-        "buffer does), and a non-Backline error in one group should be retried request by "
-        "request; the parser could also refuse an integer for a string join key if Schema "
-        "carried the key types (server.build_app)."
-    ),
-)
 def test_one_clients_integer_key_does_not_fail_anothers_request(served: Served) -> None:
     from backline.serve.engine import Request
 

@@ -224,18 +224,6 @@ def test_cost_model_learns_with_jitter_when_single_row_batches_are_common() -> N
     assert errors[int(len(errors) * 0.95)] < 0.15
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "policy.py CostModel: `fixed` only moves on batches of <= 4 rows, and `per_row` is "
-        "re-derived from the last batch alone as (seconds - fixed) / rows. Under load (every "
-        "batch 8-64 rows) fixed stays at its 0.5 ms default, so per_row absorbs the real fixed "
-        "cost divided by whatever size the last batch had: cost(64) swings 50-100% high and "
-        "the policy forms smaller batches than the deadlines allow. With 10% timing jitter a "
-        "2-row batch moves per_row by +-100% too. A weighted least-squares fit of seconds on "
-        "rows (EW sums of 1, n, n^2, y, n*y) meets these bounds (p95 error < 5%)."
-    ),
-)
 @pytest.mark.parametrize(
     ("sizes", "noise"),
     [([16, 32, 64], 0.0), ([8, 16, 32, 64], 0.1), ([1, 2, 4, 16, 64, 128], 0.1)],

@@ -124,6 +124,7 @@ class _Stats:
     expired: int = 0
     rejected: int = 0
     store_errors: int = 0
+    log_dropped: int = 0
     last_batch_at: float = field(default=0.0)
 
 
@@ -348,8 +349,11 @@ class Engine:
                 t2 = self.clock()
                 scores = served.score(features)
                 t3 = self.clock()
-            except BacklineError as exc:
-                if len(members) > 1 and exc.http_status < 500:
+            except Exception as exc:
+                # an input error, or a failure no one foresaw: find whose request it is, so one
+                # request's problem is never its batch mates'
+                client = isinstance(exc, BacklineError) and exc.http_status < 500
+                if len(members) > 1 and (client or not isinstance(exc, BacklineError)):
                     self._one_by_one(served, items, members, when, outcomes, log_parts, rows)
                     continue
                 for k in members:
@@ -358,8 +362,8 @@ class Engine:
             fetch_s += t2 - t1
             compute_s += t3 - t2
             self._answer(served, items, members, scores, degraded, rows, outcomes)
-            log_parts.append(
-                self._log_rows(served, items, members, features, scores, degraded, rows, when)
+            self._keep_log(
+                log_parts, served, items, members, features, scores, degraded, rows, when
             )
         if self.metrics is not None:
             self.metrics.batch(served.name, served.version, rows, fetch_s, compute_s)
@@ -383,13 +387,11 @@ class Engine:
             try:
                 features, degraded = self._features(served, [items[k]], when)
                 scores = served.score(features)
-            except BacklineError as exc:
+            except Exception as exc:
                 outcomes[k].error = exc
                 continue
             self._answer(served, items, [k], scores, degraded, rows, outcomes)
-            log_parts.append(
-                self._log_rows(served, items, [k], features, scores, degraded, rows, when)
-            )
+            self._keep_log(log_parts, served, items, [k], features, scores, degraded, rows, when)
 
     def _features(
         self, served: ServedModel, items: list[_Item], when: datetime
@@ -458,6 +460,22 @@ class Engine:
             )
             offset += n
 
+    def _keep_log(self, log_parts: list[pa.Table], *args: Any) -> None:
+        """Build the prediction-log rows of a group; rows that cannot be built (a column one
+        client sent as text and another as a number) are dropped and counted, like rows
+        that find the log's buffer full: the log never fails scoring."""
+        if self.predlog is None:
+            return
+        try:
+            log_parts.append(self._log_rows(*args))
+        except Exception:
+            members = args[2]
+            items = args[1]
+            dropped = sum(items[k].request.rows for k in members)
+            self.stats.log_dropped += dropped
+            if self.metrics is not None:
+                self.metrics.dropped(dropped)
+
     def _log_rows(
         self,
         served: ServedModel,
@@ -520,4 +538,9 @@ class Engine:
             return
         for part in parts:
             if part.num_rows:
-                self.predlog.append(part)
+                try:
+                    self.predlog.append(part)
+                except Exception:  # refused rows are lost to the log, never to the client
+                    self.stats.log_dropped += part.num_rows
+                    if self.metrics is not None:
+                        self.metrics.dropped(part.num_rows)

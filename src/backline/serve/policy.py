@@ -54,17 +54,22 @@ class Decision:
 class CostModel:
     """Estimated seconds to serve a batch of n rows: fixed + per_row * n, learned online.
 
-    Each observed batch moves the estimate of the cost at its size toward what was measured
-    (weight `alpha`); the fixed and per-row parts are kept apart by tracking small and large
-    batches separately, so a run of single-row batches does not make large ones look free.
+    A weighted least-squares line through the (rows, seconds) of the batches run, each new batch
+    weighing `alpha` and older ones fading by (1 - alpha): so the estimate follows a change of
+    load or machine within a few dozen batches, and one jittery batch moves it little. While
+    every batch has had the same size the two parts cannot be told apart; then the per-row part
+    keeps its prior and the fixed part takes the rest, so a run of single-row batches does not
+    make large ones look free.
     """
 
-    def __init__(self, fixed: float = 0.0005, per_row: float = 0.00001, alpha: float = 0.2) -> None:
+    def __init__(self, fixed: float = 0.0005, per_row: float = 0.00001, alpha: float = 0.05) -> None:
         if fixed < 0 or per_row < 0 or not 0 < alpha <= 1:
             raise ValueError("CostModel needs fixed >= 0, per_row >= 0 and 0 < alpha <= 1")
         self.fixed = fixed
         self.per_row = per_row
         self.alpha = alpha
+        # exponentially weighted sums of 1, n, n^2, y and n*y
+        self._w = self._n = self._nn = self._y = self._ny = 0.0
 
     def __call__(self, rows: int) -> float:
         return self.fixed + self.per_row * rows
@@ -73,15 +78,24 @@ class CostModel:
         """Fold in one measured batch (seconds from dispatch to answers ready)."""
         if rows <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
-        a = self.alpha
-        if rows == 1:
-            self.fixed += a * (max(seconds - self.per_row, 0.0) - self.fixed)
+        keep = 1.0 - self.alpha
+        n = float(rows)
+        self._w = keep * self._w + 1.0
+        self._n = keep * self._n + n
+        self._nn = keep * self._nn + n * n
+        self._y = keep * self._y + seconds
+        self._ny = keep * self._ny + n * seconds
+        spread = self._w * self._nn - self._n * self._n  # weight^2 x variance of the sizes
+        if spread <= 1e-9 * self._w * self._nn:
+            self.fixed = max((self._y - self.per_row * self._n) / self._w, 0.0)
             return
-        # the per-row part is what the batch cost beyond the fixed part, spread over its rows
-        per_row = max(seconds - self.fixed, 0.0) / rows
-        self.per_row += a * (per_row - self.per_row)
-        if rows <= 4:  # small batches still say something about the fixed part
-            self.fixed += a * (max(seconds - self.per_row * rows, 0.0) - self.fixed)
+        per_row = (self._w * self._ny - self._n * self._y) / spread
+        fixed = (self._y - per_row * self._n) / self._w
+        if per_row < 0:  # bigger batches looked cheaper: noise; the cost is all fixed
+            per_row, fixed = 0.0, self._y / self._w
+        elif fixed < 0:  # the line passes below the origin: the cost is all per row
+            per_row, fixed = self._ny / self._nn, 0.0
+        self.fixed, self.per_row = fixed, per_row
 
 
 class BatchPolicy:
