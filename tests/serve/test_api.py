@@ -36,8 +36,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import backline
-from backline.serve.app import ADMIN_TOKEN_ENV, Schema, _flatten, parse_v1, parse_v2_body
+from backline.serve.app import ADMIN_TOKEN_ENV
 from backline.serve.openapi import build_spec
+from backline.serve.parse import Schema, _flatten, parse_v1, parse_v2_body
 from backline.serve.server import ServeSpec, _uvicorn_server, bind, build_app, resolve
 from tests.serve.conftest import data_end, sample_instances
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from backline import __version__
 
 if TYPE_CHECKING:
-    from backline.serve.app import Schema
+    from backline.serve.parse import Schema
 
 _ERROR = {
     "type": "object",

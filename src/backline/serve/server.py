@@ -68,10 +68,11 @@ def resolve(spec: ServeSpec, project: Project) -> ServeSpec:
 
 def build_app(project: Project, spec: ServeSpec, *, worker: str = "w0") -> ServeApp:
     """The ASGI app serving `spec.model` from `project` (one process's worth)."""
-    from backline.serve.app import Schema, ServeApp, ServeOptions
+    from backline.serve.app import ServeApp, ServeOptions
     from backline.serve.engine import Engine
     from backline.serve.metrics import Metrics
     from backline.serve.model import ModelHolder
+    from backline.serve.parse import Schema
     from backline.serve.policy import BatchPolicy
 
     cfg = project.config
