@@ -252,6 +252,7 @@ BAD_V1 = [
     ),
     ("card-id-float", _with(card_id=1.5), 400, "invalid_request", "instances[0].card_id"),
     ("card-id-bool", _with(card_id=True), 400, "invalid_request", "instances[0].card_id"),
+    ("card-id-int-for-a-string-key", _with(card_id=5), 400, "invalid_request", "string column"),
     ("card-id-huge-int", _with(card_id=10**30), 400, "invalid_request", "instances[0].card_id"),
     ("card-id-null", _with(card_id=None), 400, "invalid_request", "instances[0].card_id"),
     ("card-id-object", _with(card_id={"id": 1}), 400, "invalid_request", "instances[0].card_id"),

@@ -44,6 +44,9 @@ class Schema:
     """Request fields of the on-demand features (numbers, or null)."""
     passthrough: tuple[str, ...]
     """Ids logged with the prediction (the entity source's primary key), optional."""
+    key_types: dict[str, str] = field(default_factory=dict)
+    """Column type of each join key (string, int64, ...), where known: a string key given as
+    a number, or the other way round, would read an entity that never exists."""
     allowed: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +122,17 @@ def _split(
             raise RequestError(
                 f"{where}.{k} is {_show(value)}; a join key is a string or an integer "
                 "(within int64)",
+                field=f"{where}.{k}",
+            )
+        kind = schema.key_types.get(k)
+        if kind == "string" and not isinstance(value, str):
+            raise RequestError(
+                f"{where}.{k} is {_show(value)}; {k} is a string column: send it in quotes",
+                field=f"{where}.{k}",
+            )
+        if kind == "int64" and isinstance(value, str):
+            raise RequestError(
+                f"{where}.{k} is {_show(value)}; {k} is an integer column: send a number",
                 field=f"{where}.{k}",
             )
         keys[k] = value

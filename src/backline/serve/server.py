@@ -88,7 +88,12 @@ def build_app(project: Project, spec: ServeSpec, *, worker: str = "w0") -> Serve
     entity_source = cfg.sources.get(cfg.train.entity_source)
     pk = entity_source.primary_key if entity_source is not None else ()
     taken = {*plan.entity_columns, *plan.request_fields}
+    key_types: dict[str, str] = {}
+    for view in plan.views:
+        for key, kind in zip(view.join_keys, view.key_types, strict=True):
+            key_types.setdefault(key, kind)
     schema = Schema(
+        key_types=key_types,
         keys=tuple(plan.entity_columns),
         fields=tuple(plan.request_fields),
         passthrough=tuple(c for c in pk if c not in taken),
