@@ -62,7 +62,9 @@ class CostModel:
     make large ones look free.
     """
 
-    def __init__(self, fixed: float = 0.0005, per_row: float = 0.00001, alpha: float = 0.05) -> None:
+    def __init__(
+        self, fixed: float = 0.0005, per_row: float = 0.00001, alpha: float = 0.05
+    ) -> None:
         if fixed < 0 or per_row < 0 or not 0 < alpha <= 1:
             raise ValueError("CostModel needs fixed >= 0, per_row >= 0 and 0 < alpha <= 1")
         self.fixed = fixed
