@@ -65,6 +65,8 @@ class ServerProcess:
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     lines: list[str] = field(default_factory=list)
+    cpus: set[int] | None = None
+    """Run the server on these cores only (a test that compares rates gives it its own)."""
 
     def __enter__(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "backline.cli", "serve", "--project", str(self.root)]
@@ -75,6 +77,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, "COLUMNS": "400", **self.env},
+            preexec_fn=None if self.cpus is None else self._pin,
         )
         deadline = time.monotonic() + 120
         assert self.proc.stdout is not None
@@ -89,6 +92,10 @@ class ServerProcess:
                 threading.Thread(target=self._drain_output, daemon=True).start()
                 return self
         raise AssertionError("backline serve did not become ready:\n" + "".join(self.lines))
+
+    def _pin(self) -> None:
+        assert self.cpus is not None
+        os.sched_setaffinity(0, self.cpus)
 
     def _drain_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

@@ -134,6 +134,11 @@ class _EmptyStore:
     def read(self, groups: Sequence[tuple[str, str, Sequence[str]]]) -> list[dict[str, bytes]]:
         return [{} for _ in groups]
 
+    def read_aligned(
+        self, groups: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> list[list[bytes | None]]:
+        return [[None] * len(keys) for _, _, keys in groups]
+
 
 class Engine:
     def __init__(
