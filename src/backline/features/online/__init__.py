@@ -4,6 +4,7 @@
 
 Modules, from the bottom up (each imports only the ones above it in this list):
     codec         the bytes of one stored value, and aggregates evaluated from them
+    batch         the aggregates of many stored values evaluated at once (bit-identical)
     state         offline rows grouped per entity and encoded per view (for materialize)
     store         the `OnlineStore` / `OnlineTransaction` interface
     sqlite_store  the embedded store: one SQLite file

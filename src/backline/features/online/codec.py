@@ -28,7 +28,7 @@ stored it as text, and tied rows sorted as text).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -301,6 +301,10 @@ class PlainCodec:
     def __init__(self, layout: ViewLayout) -> None:
         self.fields = RowCodec([kind for _, _, kind in layout.fields])
         self.pk = RowCodec(layout.pk_types)
+        self._steps = _steps(self.fields.types)
+        self.read_rows = _reader(self.fields, self._steps)
+        """(event_us, fields) of each stored row (None for None), as `decode_fields` gives
+        them: the read path."""
 
     def encode(
         self, event_us: int, ingested_us: int, fields: Sequence[Any], pk: Sequence[Any]
@@ -319,12 +323,136 @@ class PlainCodec:
         values, _ = self.fields.decode(blob, _PLAIN_HEAD.size)
         return event_us, ingested_us, values
 
+    def read_fields(self, blob: bytes) -> tuple[int, list[Any]]:
+        """(event_us, fields) of a stored row, as `decode_fields` gives them."""
+        return self.read_rows([blob])[0]  # type: ignore[return-value]
+
+    def read_many(self, blobs: Sequence[bytes]) -> tuple[list[int], list[list[Any]]] | None:
+        """`read_rows` with numpy: the rows' event times, and per field its values; None
+        when a row holds a null, the fields a bool (see `_steps`), or a row is not well
+        formed (`read_rows` then says what is wrong)."""
+        count = len(blobs)
+        mask = self.fields.mask_bytes
+        head = _PLAIN_HEAD.size + mask
+        if not count or self._steps is None:
+            return None
+        lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=count)
+        if (lengths < head).any():
+            return None
+        buf = b"".join(blobs)
+        octets = np.frombuffer(buf, dtype=np.uint8)
+        start = lengths.cumsum() - lengths
+        if not ((octets[start] == _PLAIN_MAGIC[0]) & (octets[start + 1] == _PLAIN_MAGIC[1])).all():
+            return None
+        if mask and octets[start[:, None] + np.arange(head - mask, head)].any():
+            return None  # a null
+        events = _words(octets, start + 2, "<i8").tolist()
+        offset, ends = start + head, start + lengths
+        columns: list[list[Any]] = []
+        for kind in self.fields.types:
+            width, dtype = _WIDTHS[kind]
+            if (offset + width > ends).any():
+                return None
+            values = _words(octets, offset, dtype)
+            offset = offset + width
+            if kind != "string":
+                columns.append(values.tolist())
+                continue
+            stop = offset + values
+            if (stop > ends).any():
+                return None
+            try:
+                columns.append(
+                    [buf[a:b].decode() for a, b in zip(offset.tolist(), stop.tolist(), strict=True)]
+                )
+            except UnicodeDecodeError:
+                return None
+            offset = stop
+        return events, columns
+
     def order(self, blob: bytes) -> tuple[int, int, tuple[Any, ...]]:
         """(event_us, ingested_us, primary key): the larger wins an upsert."""
         event_us, ingested_us = self.head(blob)
         _, offset = self.fields.decode(blob, _PLAIN_HEAD.size)
         pk, _ = self.pk.decode(blob, offset)
         return event_us, ingested_us, tuple(pk)
+
+
+_FIXED = {"int64": "q", "timestamp": "q", "float64": "d", "date": "i"}
+_WIDTHS = {
+    "int64": (8, "<i8"),
+    "timestamp": (8, "<i8"),
+    "float64": (8, "<f8"),
+    "date": (4, "<i4"),
+    "string": (4, "<u4"),  # its length
+}
+
+
+def _words(octets: npt.NDArray[np.uint8], at: I64, dtype: str) -> npt.NDArray[Any]:
+    """The value of `dtype` at each byte offset of `at` (unaligned), as an array."""
+    width = np.dtype(dtype).itemsize
+    return octets[at[:, None] + np.arange(width)].view(dtype).reshape(len(at))
+
+
+def _steps(types: Sequence[str]) -> list[struct.Struct | None] | None:
+    """How `PlainCodec.read_fields` decodes a row of `types` without nulls: a struct for each
+    stretch of fixed-size values, None for each string; None when a bool makes it fall back to
+    `RowCodec.decode` (which reads only the byte 1 as true)."""
+    steps: list[struct.Struct | None] = []
+    stretch = ""
+    for kind in types:
+        if kind == "bool":
+            return None
+        if kind == "string":
+            if stretch:
+                steps.append(struct.Struct("<" + stretch))
+                stretch = ""
+            steps.append(None)
+        else:
+            stretch += _FIXED[kind]
+    if stretch:
+        steps.append(struct.Struct("<" + stretch))
+    return steps
+
+
+def _reader(
+    fields: RowCodec, steps: list[struct.Struct | None] | None
+) -> Callable[[Sequence[bytes | None]], list[tuple[int, list[Any]] | None]]:
+    """`PlainCodec.read_rows`: a row without nulls is read with one struct call for each
+    stretch of fixed-size fields (`steps`), any other with `RowCodec.decode`."""
+    head, length_of = _PLAIN_HEAD.unpack_from, _U32.unpack_from
+    first = _PLAIN_HEAD.size + fields.mask_bytes
+    no_nulls = bytes(fields.mask_bytes)
+    stretches = [(None, 0) if st is None else (st.unpack_from, st.size) for st in steps or ()]
+    decode = fields.decode
+
+    def read_rows(blobs: Sequence[bytes | None]) -> list[tuple[int, list[Any]] | None]:
+        rows: list[tuple[int, list[Any]] | None] = []
+        for blob in blobs:
+            if blob is None:
+                rows.append(None)
+                continue
+            magic, event_us, _ = head(blob)
+            if magic != _PLAIN_MAGIC:
+                raise _bad_value(magic)
+            if steps is None or blob[_PLAIN_HEAD.size : first] != no_nulls:
+                rows.append((event_us, decode(blob, _PLAIN_HEAD.size)[0]))
+                continue
+            offset = first
+            values: list[Any] = []
+            for unpack, size in stretches:
+                if unpack is None:  # a string
+                    (length,) = length_of(blob, offset)
+                    offset += 4
+                    values.append(blob[offset : offset + length].decode())
+                    offset += length
+                else:
+                    values.extend(unpack(blob, offset))
+                    offset += size
+            rows.append((event_us, values))
+        return rows
+
+    return read_rows
 
 
 def _bad_value(magic: bytes) -> StoreError:
@@ -390,6 +518,14 @@ def encode_groups(
         parts.extend(s[a:b] for s in slot_bytes)
         out.append(b"".join(parts))
     return out
+
+
+def empty_events(kinds: Sequence[str]) -> bytes:
+    """The aggregate value of an entity without events (whose whole history is known)."""
+    none = np.zeros(0, dtype=np.int64)
+    slots = [np.zeros(0, dtype=np.float64 if kind == "f8" else np.uint64) for kind in kinds]
+    at = np.zeros(1, dtype=np.int64)
+    return encode_groups(none, none.astype(np.uint64), slots, kinds, at, at, [NO_SINCE])[0]
 
 
 def decode_events(blob: bytes, kinds: Sequence[str]) -> Events:

@@ -18,16 +18,23 @@ times (a server, `backline.open`'s Project) opens the store once and builds each
         plan = ReadPlan(cfg, defs, "fraud_v1")
         out = get_online_features(cfg, defs, "fraud_v1", rows, store=store, plan=plan)
 
+A read works column by column: each view is evaluated once per distinct entity, the
+aggregate views of a batch all together (`batch`: a fixed number of numpy calls per read,
+bit-identical to evaluating one stored value at a time, which a read of a few values still
+does), and the rows are zipped from the columns at the end.
+
 Nothing is cached at module level: two projects in one process share no state.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, overload
+from itertools import chain, compress, repeat
+from typing import Any, cast, overload
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +43,11 @@ from backline.core.config import Config, _suggest
 from backline.core.errors import SchemaError, UsageError
 from backline.core.types import arrow_type
 from backline.features.definitions import Definitions
+from backline.features.online.batch import Events, Program
 from backline.features.online.codec import (
     PlainCodec,
     ViewLayout,
+    empty_events,
     entity_key,
     evaluate,
     from_us,
@@ -55,6 +64,10 @@ __all__ = ["OnlineFeatures", "OnlineRangeError", "ReadPlan", "get_online_feature
 
 OK, EXPIRED, MISSING = "ok", "expired", "missing"
 _RANK = {OK: 0, EXPIRED: 1, MISSING: 2}
+_STATUS = {False: OK, True: MISSING}
+"""An aggregate view's status, by whether the store has no value of the entity."""
+_CONVERTED = ("timestamp", "date")
+"""Source types whose stored form `to_python` converts; it returns any other value as is."""
 
 
 class OnlineRangeError(UsageError):
@@ -64,10 +77,26 @@ class OnlineRangeError(UsageError):
 
 
 class _TooEarly(Exception):
-    """Raised by a view's fill: the stored state only answers reads from `earliest` (µs)."""
+    """Raised by reading a view: the stored state only answers reads from `earliest` (µs);
+    `row` is the entity row it is about, where known."""
 
-    def __init__(self, earliest: int, what: str) -> None:
-        self.earliest, self.what = earliest, what
+    def __init__(self, earliest: int, what: str, row: int = 0) -> None:
+        self.earliest, self.what, self.row = earliest, what, row
+
+
+_PLAIN_MIN = 128
+"""Rows of a plain view from which they are decoded all at once (`PlainCodec.read_many`)."""
+
+_BATCH_MIN = 32
+"""Stored aggregate values (of all the aggregate views of a read together) from which their
+aggregates are evaluated all at once (`batch`) instead of one value after another
+(`codec.evaluate`): below it, numpy's cost per call outweighs its speed."""
+
+_SHARED = 200
+"""Rows from which equal status rows are one tuple: three tuples a row, together past 700,
+would start a collection of the garbage collector's youngest generation in each read."""
+
+Column = Sequence[Any]
 
 
 @dataclass(frozen=True)
@@ -136,12 +165,26 @@ class OnlineFeatures:
         ]
 
     def to_arrow(self) -> pa.Table:
-        arrays: dict[str, pa.Array] = {}
-        for j, name in enumerate(self.entity_columns):
-            arrays[name] = pa.array([keys[j] for keys in self.entities])
-        for j, (name, kind) in enumerate(zip(self.columns, self.types, strict=True)):
-            arrays[name] = pa.array([row[j] for row in self.values], type=arrow_type(kind))
-        return pa.table(arrays)
+        n = len(self.values)
+        keys = list(zip(*self.entities, strict=True)) if n else [()] * len(self.entity_columns)
+        arrays: list[pa.Array] = [pa.array(column) for column in keys]
+        columns = list(zip(*self.values, strict=True)) if n else [()] * len(self.columns)
+        # the columns of one type converted by one call (pyarrow's cost is mostly per call)
+        features: list[pa.Array] = [None] * len(columns)
+        by_type: dict[str, list[int]] = {}
+        for j, kind in enumerate(self.types):
+            by_type.setdefault(kind, []).append(j)
+        for kind, where in by_type.items():
+            if len(where) == 1 or not n:
+                for j in where:
+                    features[j] = pa.array(columns[j], type=arrow_type(kind))
+                continue
+            joined = pa.array(
+                list(chain.from_iterable(columns[j] for j in where)), type=arrow_type(kind)
+            )
+            for i, j in enumerate(where):
+                features[j] = joined.slice(i * n, n)
+        return pa.Table.from_arrays(arrays + features, names=[*self.entity_columns, *self.columns])
 
 
 # -- the read plan ------------------------------------------------------------------------------
@@ -157,6 +200,7 @@ class _ViewRead:
         self.key_types = layout.key_types
         self.layout = layout
         self.features = tuple(features)
+        self.is_aggregate = layout.is_aggregate
         if layout.is_aggregate:
             by_name = {a.feature: a for a in layout.aggregates}
             self.specs = [by_name[f] for f in self.features]
@@ -165,50 +209,202 @@ class _ViewRead:
                 0 if s.function in ("count", "count_distinct") else None for s in self.specs
             ]
             self.reach = max(s.window_us for s in self.specs)
+            self.nothing = empty_events(self.kinds)
+            """The value of an entity without events."""
         else:
             self.codec = PlainCodec(layout)
             positions = {name: i for i, (name, _, _) in enumerate(layout.fields)}
             self.picks = [(f, positions[f], layout.fields[positions[f]][2]) for f in self.features]
+            # None: a decoded row is the picked values as they are
+            self._picks: list[tuple[int, str]] | None = [(i, kind) for _, i, kind in self.picks]
+            if [i for i, _ in self._picks] == list(range(len(layout.fields))) and not any(
+                kind in _CONVERTED for _, kind in self._picks
+            ):
+                self._picks = None
 
-    def fill(
-        self,
-        blob: bytes | None,
-        t_us: int,
-        values: dict[str, Any],
-        status: dict[str, tuple[str, float | None]],
-    ) -> None:
-        if self.layout.is_aggregate:
+    def read_many(
+        self, keys: _Keys, blobs: list[bytes | None], t_us: int, batch: _Batch | None
+    ) -> tuple[dict[str, Column], Column, Column]:
+        """The view's features for every entity row: per feature a column of values, and the
+        rows' status and age columns (shared by the view's features). `blobs`: the stored value
+        of each of `keys.unique` (or None); each entity is evaluated once however many rows
+        name it. `_TooEarly.row` is the first row naming the first entity (in row order) that
+        cannot be answered, as reading row after row would find. `batch`: this view's values
+        evaluated with others' (see `_batch`), or None."""
+        try:
+            if not self.is_aggregate:
+                values, status, ages = self._latest(blobs, t_us)
+            elif batch is not None:
+                values, status, ages = self._aggregates(blobs, t_us, batch)
+            else:
+                values, status, ages = self._one_by_one(blobs, t_us)
+        except _TooEarly as early:
+            early.row = keys.first_row(early.row)
+            raise
+        pick = keys.pick
+        if pick is None:  # every row its own entity, in row order
+            return values, status, ages
+        return {f: pick(c) for f, c in values.items()}, pick(status), pick(ages)
+
+    def _aggregates(
+        self, blobs: list[bytes | None], t_us: int, batch: _Batch
+    ) -> tuple[dict[str, Column], Column, Column]:
+        """Per entity (`blobs`: its stored value or None), its aggregates, from `batch` (where
+        an entity without a value has an empty one: the empty aggregates `_one_by_one` gives
+        it); `_TooEarly.row` is an index into `blobs`."""
+        events, group, results, early, status = batch
+        if early is not None:  # the first entity whose windows reach before its stored events
+            a, _ = events.ranges[group]
+            raise _TooEarly(int(events.since[a + early]) + self.reach, "its events", early)
+        return dict(zip(self.features, results, strict=True)), status, [None] * len(blobs)
+
+    def _latest(
+        self, blobs: list[bytes | None], t_us: int
+    ) -> tuple[dict[str, Column], Column, Column]:
+        """`_aggregates` for a plain view: each entity's latest row, decoded."""
+        n = len(blobs)
+        if blobs.count(None) == n:  # the store knows none of these entities
+            return dict.fromkeys(self.features, [None] * n), [MISSING] * n, [None] * n
+        if n < _PLAIN_MIN:
+            return self._row_by_row(blobs, t_us)
+        present = None
+        stored = blobs
+        if None in blobs:
+            held = list(map(operator.is_not, blobs, repeat(None)))
+            present = list(compress(range(n), held))
+            stored = list(compress(blobs, held))
+        decoded = self.codec.read_many(stored)  # type: ignore[arg-type]
+        if decoded is None or max(decoded[0]) > t_us:
+            return self._row_by_row(blobs, t_us)  # which says what is wrong, and where
+        events, fields = decoded
+        ages: list[float | None] = [(t_us - e) / 1e6 for e in events]
+        ttl_us = self.layout.ttl_us
+        oldest = None if ttl_us is None else t_us - ttl_us
+        status: list[str] = [OK] * len(events)
+        expired = [] if oldest is None else [i for i, e in enumerate(events) if e < oldest]
+        columns: list[Column] = []
+        for i, kind in self._picks or [(i, "") for i in range(len(fields))]:
+            column = fields[i]
+            if kind in _CONVERTED:
+                column = [to_python(value, kind) for value in column]
+            if expired:
+                column = list(column)
+                for r in expired:
+                    column[r] = None
+            columns.append(column)
+        for r in expired:
+            status[r] = EXPIRED
+        if present is None:
+            return dict(zip(self.features, columns, strict=True)), status, ages
+        spread = _spread(present, n)  # the entities without a row: None, missing
+        return (
+            {f: spread([*column, None]) for f, column in zip(self.features, columns, strict=True)},
+            spread([*status, MISSING]),
+            spread([*ages, None]),
+        )
+
+    def _row_by_row(
+        self, blobs: list[bytes | None], t_us: int
+    ) -> tuple[dict[str, Column], Column, Column]:
+        """`_latest` one row after another (for a few rows, and to say which row cannot be
+        read, or is newer than T)."""
+        n = len(blobs)
+        none: list[Any] = [None] * len(self.picks)
+        rows: list[list[Any]] = [none] * n
+        status: list[str] = [MISSING] * n
+        ages: list[float | None] = [None] * n
+        ttl_us = self.layout.ttl_us
+        oldest = -math.inf if ttl_us is None else t_us - ttl_us
+        decoded: Iterable[tuple[int, list[Any]] | None]
+        try:
+            decoded = self.codec.read_rows(blobs)
+        except Exception:  # a row that cannot be read: read as the loop goes, to say which
+            read = self.codec.read_fields
+            decoded = (None if blob is None else read(blob) for blob in blobs)
+        for r, pair in enumerate(decoded):
+            if pair is None:
+                continue
+            event_us, row = pair
+            if event_us > t_us:  # the stored row is newer: what was the value at T is unknown
+                raise _TooEarly(event_us, "its latest row", r)
+            ages[r] = (t_us - event_us) / 1e6
+            if event_us < oldest:
+                status[r] = EXPIRED
+            else:
+                status[r] = OK
+                rows[r] = row
+        if self._picks is not None:  # the picked fields, converted
+            picks = self._picks
+            rows = [
+                row if row is none else [to_python(row[i], kind) for i, kind in picks]
+                for row in rows
+            ]
+        columns = list(zip(*rows, strict=True))
+        return dict(zip(self.features, columns, strict=True)), status, ages
+
+    def _one_by_one(
+        self, blobs: list[bytes | None], t_us: int
+    ) -> tuple[dict[str, Column], Column, Column]:
+        """`_aggregates` one value after another (`codec.evaluate`): for a few values, and for
+        values `Events.gather` refuses (`since_of` and `evaluate` say what is wrong)."""
+        rows: list[Sequence[Any]] = []
+        status: list[str] = []
+        for r, blob in enumerate(blobs):
             if blob is None:
-                for f, empty in zip(self.features, self.empty, strict=True):
-                    values[f] = empty
-                    status[f] = (MISSING, None)
-                return
+                rows.append(self.empty)
+                status.append(MISSING)
+                continue
             since, _ = since_of(blob)
             if t_us - self.reach < since:  # the window reaches before the stored events
-                raise _TooEarly(since + self.reach, "its events")
-            results = evaluate(blob, t_us, self.specs, self.kinds)
-            for f, value in zip(self.features, results, strict=True):
-                values[f] = value
-                status[f] = (OK, None)
-            return
-        if blob is not None:
-            event_us, _, row = self.codec.decode_fields(blob)
-            if event_us > t_us:  # the stored row is newer: what was the value at T is unknown
-                raise _TooEarly(event_us, "its latest row")
-            age = (t_us - event_us) / 1e6
-            ttl_us = self.layout.ttl_us
-            if ttl_us is not None and event_us < t_us - ttl_us:
-                for f, _, _ in self.picks:
-                    values[f] = None
-                    status[f] = (EXPIRED, age)
-                return
-            for f, i, kind in self.picks:
-                values[f] = to_python(row[i], kind)
-                status[f] = (OK, age)
-            return
-        for f, _, _ in self.picks:  # the store knows no row of this entity
-            values[f] = None
-            status[f] = (MISSING, None)
+                raise _TooEarly(since + self.reach, "its events", r)
+            rows.append(evaluate(blob, t_us, self.specs, self.kinds))
+            status.append(OK)
+        columns = zip(*rows, strict=True) if rows else ([] for _ in self.features)
+        return dict(zip(self.features, columns, strict=True)), status, [None] * len(blobs)
+
+
+def _spread(present: list[int], n: int) -> Callable[[list[Any]], Column]:
+    """Takes a column of the `present` entities' values followed by one more value to a column
+    of all n entities (two or more), the others getting that last value."""
+    where = [len(present)] * n
+    for i, r in enumerate(present):
+        where[r] = i
+    return operator.itemgetter(*where)
+
+
+_Batch = tuple[Events, int, list[list[Any]], int | None, Column]
+"""A view's values evaluated together with other views' (`Events.evaluate`): the events, the
+view's group in them, per aggregate its values for the view's entities, the first entity
+whose windows reach before its stored events (None: none), and the entities' statuses."""
+
+
+class _Keys:
+    """The entity keys of every row for one set of join keys: `unique` in the order rows first
+    name them (None for a row with a null key), `pick` takes a column per unique key to a
+    column per row (None when every row names its own entity)."""
+
+    def __init__(self, keys: list[str | None]) -> None:
+        unique = keys if len(keys) < 2 else list(dict.fromkeys(keys))
+        self.unique = unique
+        self.lookup = (
+            [k for k in unique if k is not None] if None in unique else cast(list[str], unique)
+        )
+        self.pick: Any = None
+        self.rows: list[int] | None = None
+        if len(unique) < len(keys):
+            where = {k: i for i, k in enumerate(unique)}
+            self.rows = list(map(where.__getitem__, keys))
+            self.pick = operator.itemgetter(*self.rows)  # two rows or more: gives a tuple
+
+    def align(self, values: list[bytes | None]) -> list[bytes | None]:
+        """The stored values of `lookup`, as a list per `unique` key (None for a null key)."""
+        if len(values) == len(self.unique):
+            return values
+        at = self.unique.index(None)
+        return [*values[:at], None, *values[at:]]
+
+    def first_row(self, i: int) -> int:
+        return i if self.rows is None else self.rows.index(i)
 
 
 @dataclass(frozen=True)
@@ -247,11 +443,68 @@ class ReadPlan:
             types[name] = "float"
         self.outputs = plan.outputs
         self.types = tuple(types[o] for o in plan.outputs)
+        self._floats = {name: kind == "float" for name, kind in types.items()}
+        """Per feature: whether its values are Python floats or None (mean, sum, ...)."""
         self.request_fields = plan.request_fields
         keys: list[str] = []
         for v in self.views:
             keys.extend(k for k in v.join_keys if k not in keys)
         self.entity_columns = tuple(keys)
+        # for reads: each view's join keys as positions in entity_columns, and the names an
+        # entity row may have (without and with the request fields)
+        positions = [(tuple(keys.index(k) for k in v.join_keys), v.key_types) for v in self.views]
+        self._key_sets = list(dict.fromkeys(positions))
+        """Each distinct set of join keys (positions in entity_columns, their types)."""
+        self._key_set_of = [self._key_sets.index(p) for p in positions]
+        """Per view, its set of join keys."""
+        self._keys = frozenset(keys)
+        self._keys_and_fields = self._keys | frozenset(self.request_fields)
+        self._fields = frozenset(self.request_fields)
+        self._get_keys: Any = operator.itemgetter(*keys) if keys else None
+        self._aggregates = [i for i, v in enumerate(self.views) if v.is_aggregate]
+        self._programs: dict[tuple[int, ...], Program] = {}
+
+    def _program(self, views: tuple[int, ...]) -> Program:
+        """How `Events.evaluate` computes the aggregates of these views together."""
+        program = self._programs.get(views)
+        if program is None:
+            chosen = [self.views[i] for i in views]
+            program = Program([v.specs for v in chosen], [v.kinds for v in chosen])
+            self._programs[views] = program
+        return program
+
+
+def _entities(
+    plan: ReadPlan,
+    entity_rows: Sequence[Mapping[str, Any]],
+    request_rows: Sequence[Mapping[str, Any]] | None,
+) -> list[tuple[Any, ...]]:
+    """Each entity row's join-key values, once `_check_rows` would pass the rows. Rows that
+    are plain dicts naming only what they may are checked all at once (at C speed); anything
+    else goes through `_check_rows`, which names the first wrong row."""
+    allowed = plan._keys if request_rows is not None else plan._keys_and_fields
+    if (
+        set(map(type, entity_rows)) <= _DICT
+        and set().union(*entity_rows) <= allowed
+        and (
+            request_rows is None
+            or (
+                set(map(type, request_rows)) <= _DICT and set().union(*request_rows) <= plan._fields
+            )
+        )
+    ):
+        try:  # a dict without a join key raises KeyError
+            if len(plan.entity_columns) == 1:
+                return list(zip(map(plan._get_keys, entity_rows)))
+            if plan.entity_columns:
+                return list(map(plan._get_keys, entity_rows))
+        except KeyError:
+            pass
+    _check_rows(plan, entity_rows, request_rows)
+    return [tuple(row[c] for c in plan.entity_columns) for row in entity_rows]
+
+
+_DICT = frozenset((dict,))
 
 
 def _check_rows(
@@ -261,9 +514,9 @@ def _check_rows(
 ) -> None:
     """Every entity row has the service's join keys and nothing it does not use; every
     request row only request fields. A typo must not read another entity silently."""
-    keys = set(plan.entity_columns)
-    fields = set(plan.request_fields)
-    allowed = keys if request_rows is not None else keys | fields
+    keys = plan._keys
+    fields = plan._fields
+    allowed = keys if request_rows is not None else plan._keys_and_fields
     for i, row in enumerate(entity_rows):
         if not isinstance(row, Mapping):
             raise UsageError(
@@ -382,31 +635,42 @@ def _read(
             "request row per entity row."
         )
 
-    _check_rows(plan, entity_rows, request_rows)
-    entities = [tuple(row[c] for c in plan.entity_columns) for row in entity_rows]
-    column_of = {c: j for j, c in enumerate(plan.entity_columns)}
-    groups: list[tuple[str, str, list[str]]] = []
-    row_keys: list[list[str | None]] = []
-    for v in plan.views:
-        positions = [column_of[k] for k in v.join_keys]
-        keys = [entity_key([keys[p] for p in positions], v.key_types) for keys in entities]
-        row_keys.append(keys)
-        groups.append((v.name, v.version, list(dict.fromkeys(k for k in keys if k is not None))))
-    found = store.read(groups)
+    entities = _entities(plan, entity_rows, request_rows)
+    key_sets = [_Keys(_entity_keys(entities, *key_set)) for key_set in plan._key_sets]
+    view_keys = [key_sets[i] for i in plan._key_set_of]
+    groups = [(v.name, v.version, k.lookup) for v, k in zip(plan.views, view_keys, strict=True)]
+    if isinstance(store, OnlineStore):
+        found = store.read_aligned(groups)
+    else:  # a stand-in with `read` only (a server's, while its store is down)
+        found = OnlineStore.read_aligned(store, groups)
+    blobs = [k.align(values) for values, k in zip(found, view_keys, strict=True)]
+    if n * len(plan._aggregates) < _BATCH_MIN:  # too few values to evaluate them together
+        batches: list[_Batch | None] = [None] * len(plan.views)
+    else:
+        batches = _batch(plan, blobs, t_us)
 
-    values: list[dict[str, Any]] = [{} for _ in range(n)]
-    status: list[dict[str, tuple[str, float | None]]] = [{} for _ in range(n)]
-    for v, keys, blobs in zip(plan.views, row_keys, found, strict=True):
-        for i, key in enumerate(keys):
-            try:
-                v.fill(None if key is None else blobs.get(key), t_us, values[i], status[i])
-            except _TooEarly as early:
-                raise _range_error(v, entities[i], plan, at, early) from None
+    values: dict[str, Column] = {}
+    status: dict[str, Column] = {}
+    ages: dict[str, Column] = {}
+    for v, keys, view_blobs, batch in zip(plan.views, view_keys, blobs, batches, strict=True):
+        try:
+            view_values, view_status, view_ages = v.read_many(keys, view_blobs, t_us, batch)
+        except _TooEarly as early:
+            raise _range_error(v, entities[early.row], plan, at, early) from None
+        values.update(view_values)
+        status.update(dict.fromkeys(v.features, view_status))
+        ages.update(dict.fromkeys(v.features, view_ages))
 
     if plan.on_demand:
-        _on_demand(plan, entity_rows, request_rows, values, status)
+        _on_demand(plan, entity_rows, request_rows, values, status, ages)
 
     outputs = plan.outputs
+    if outputs:
+        table = _rows([values[o] for o in outputs])
+        statuses = _rows([status[o] for o in outputs], share=n >= _SHARED)
+        row_ages = _rows([ages[o] for o in outputs])
+    else:
+        table = statuses = row_ages = ((),) * n
     return OnlineFeatures(
         service=plan.service,
         at=at.astimezone(UTC),
@@ -414,10 +678,105 @@ def _read(
         entities=tuple(entities),
         columns=outputs,
         types=plan.types,
-        values=tuple(tuple(vals[o] for o in outputs) for vals in values),
-        statuses=tuple(tuple(st[o][0] for o in outputs) for st in status),
-        ages=tuple(tuple(st[o][1] for o in outputs) for st in status),
+        values=table,
+        statuses=statuses,
+        ages=row_ages,
     )
+
+
+def _batch(plan: ReadPlan, blobs: list[list[bytes | None]], t_us: int) -> list[_Batch | None]:
+    """Per view, its values evaluated together with those of the service's other aggregate
+    views (`Events.evaluate`), or None: a plain view, a view without stored values, every
+    aggregate view when they hold too few values together to gain from it (`_BATCH_MIN`),
+    and a view with a value `Events.gather` refuses (`_one_by_one` then says what is wrong
+    with it, at its turn)."""
+    out: list[_Batch | None] = [None] * len(plan.views)
+    aggregates = plan._aggregates
+    if sum(len(blobs[i]) - blobs[i].count(None) for i in aggregates) < _BATCH_MIN:
+        return out
+    groups: list[tuple[list[bytes], list[str]]] = []
+    statuses: list[Column] = []
+    missing: list[bool] = []  # of the last view with unknown entities, and their statuses:
+    status: Column = []  # views of the same entities mostly share them
+    for i in aggregates:
+        v, view_blobs = plan.views[i], blobs[i]
+        if None in view_blobs:  # an entity the store does not know: no events at all
+            unknown = list(map(operator.is_, view_blobs, repeat(None)))
+            if unknown != missing:
+                missing, status = unknown, list(map(_STATUS.__getitem__, unknown))
+            statuses.append(status)
+            view_blobs = [v.nothing if blob is None else blob for blob in view_blobs]
+        else:
+            statuses.append([OK] * len(view_blobs))
+        groups.append((view_blobs, v.kinds))  # type: ignore[arg-type]
+    events = Events.gather(groups)
+    if events is not None:
+        results = events.evaluate(t_us, plan._program(tuple(aggregates)))
+        early = _early(events, t_us, [plan.views[i].reach for i in aggregates])
+        for g, i in enumerate(aggregates):
+            out[i] = (events, g, results[g], early[g], statuses[g])
+    elif len(groups) > 1:  # a view's values are refused: gather each view's alone
+        for i, group, view_status in zip(aggregates, groups, statuses, strict=True):
+            alone = Events.gather([group])
+            if alone is not None:
+                results = alone.evaluate(t_us, plan._program((i,)))
+                late = _early(alone, t_us, [plan.views[i].reach])[0]
+                out[i] = (alone, 0, results[0], late, view_status)
+    return out
+
+
+def _early(events: Events, t_us: int, reach: list[int]) -> list[int | None]:
+    """Per group, the first value (of its group) whose since_us is after T less the group's
+    longest window (its windows reach before its stored events), or None."""
+    sizes = [b - a for a, b in events.ranges]
+    late = events.since > t_us - np.array(reach, dtype=np.int64).repeat(sizes)
+    out: list[int | None] = [None] * len(sizes)
+    for r in late.nonzero()[0].tolist():
+        g = next(g for g, (a, b) in enumerate(events.ranges) if a <= r < b)
+        if out[g] is None:
+            out[g] = r - events.ranges[g][0]
+    return out
+
+
+def _rows(columns: list[Column], share: bool = False) -> tuple[tuple[Any, ...], ...]:
+    """The rows of `columns`; `share`: equal rows as one tuple (a few kinds of status rows
+    however many rows: fewer objects for the garbage collector to count and visit)."""
+    if len(columns[0]) == 1:  # (faster than zip for one row)
+        return (tuple(map(_FIRST, columns)),)
+    if not share:
+        return tuple(zip(*columns, strict=True))
+    where: dict[int, int] = {}  # a view's status column stands for each of its features
+    for column in columns:
+        where.setdefault(id(column), len(where))
+    unique = list({id(column): column for column in columns}.values())
+    spots = [where[id(column)] for column in columns]
+    pick = operator.itemgetter(*spots) if len(spots) > 1 else lambda key: (key[0],)
+    made: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    keys = zip(*unique, strict=True)
+    return tuple([made[key] if key in made else made.setdefault(key, pick(key)) for key in keys])
+
+
+_FIRST = operator.itemgetter(0)
+
+
+def _entity_keys(
+    entities: list[tuple[Any, ...]], positions: tuple[int, ...], types: tuple[str, ...]
+) -> list[str | None]:
+    """`entity_key` of each entity row's join keys at `positions`; a lone str or int key (the
+    usual case) is its own text without the call."""
+    if len(positions) == 1 and types[0] != "timestamp":
+        column = list(map(operator.itemgetter(positions[0]), entities))
+        kinds = set(map(type, column))
+        if kinds <= _STR:
+            return column
+        if kinds <= _STR_INT:
+            return [value if type(value) is str else str(value) for value in column]
+        return [entity_key([value], types) for value in column]
+    return [entity_key([entity[p] for p in positions], types) for entity in entities]
+
+
+_STR = frozenset((str,))
+_STR_INT = frozenset((str, int))
 
 
 def _range_error(
@@ -443,37 +802,110 @@ def _on_demand(
     plan: ReadPlan,
     entity_rows: Sequence[Mapping[str, Any]],
     request_rows: Sequence[Mapping[str, Any]] | None,
-    values: list[dict[str, Any]],
-    status: list[dict[str, tuple[str, float | None]]],
+    values: dict[str, Column],
+    status: dict[str, Column],
+    ages: dict[str, Column],
 ) -> None:
-    n = len(values)
+    n = len(entity_rows)
     requests = request_rows if request_rows is not None else entity_rows
-    for odf in plan.on_demand:
-        args: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
-        worst = [OK] * n
-        for arg, where, name in odf.inputs:
-            column = np.empty(n, dtype=np.float64)
-            for i in range(n):
-                if where == "request":
-                    row = requests[i]
-                    if name not in row:
-                        raise UsageError(
-                            f"request row {i} has no {name!r}; on-demand feature {odf.name!r} of "
-                            f"{plan.service!r} needs request fields "
-                            f"{', '.join(plan.request_fields)} (on the command line: --request "
-                            f"{name}=VALUE)."
-                        )
-                    column[i] = _as_float(row[name], f"request field {name!r} of row {i}")
+    plain = set(map(type, requests)) <= _DICT
+    fields: dict[str, np.ndarray[Any, np.dtype[np.float64]] | None] = {}  # converted once
+
+    def field(name: str) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        """A request field's values as floats (a new array each time: a function may change
+        its arguments), or None when they are not all plain numbers in plain dicts."""
+        if name not in fields:
+            given = plain and all(map(operator.methodcaller("__contains__", name), requests))
+            fields[name] = (
+                _floats(list(map(operator.itemgetter(name), requests))) if given else None
+            )
+        column = fields[name]
+        return None if column is None else column.copy()
+
+    with np.errstate(all="ignore"):
+        for odf in plan.on_demand:
+            args: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+            worst: Column | None = None
+            for arg, where, name in odf.inputs:
+                column: np.ndarray[Any, np.dtype[np.float64]] | None
+                if where == "feature":
+                    worst = _worse(worst, status[name])
+                    given = values[name]
+                    if plan._floats[name]:  # floats or None, as aggregates give them
+                        column = np.array(given, dtype=np.float64)  # None becomes NaN
+                    else:
+                        column = _floats(given)
                 else:
-                    column[i] = _as_float(values[i][name], f"feature {name!r}")
-                    state = status[i][name][0]
-                    if _RANK[state] > _RANK[worst[i]]:
-                        worst[i] = state
-            args[arg] = column
-        with np.errstate(all="ignore"):
+                    column = field(name)
+                if column is None:  # not plain numbers: row by row, to name the first bad one
+                    column = _column(plan, odf, where, name, requests, values)
+                args[arg] = column
             result = np.asarray(odf.function(**args), dtype=np.float64)
-        result = np.broadcast_to(result, (n,))
-        for i in range(n):
-            x = float(result[i])
-            values[i][odf.name] = None if math.isnan(x) else x
-            status[i][odf.name] = (worst[i], None)
+            if result.shape != (n,):
+                result = np.broadcast_to(result, (n,))
+            values[odf.name] = _none_for_nan(result)
+            status[odf.name] = worst or [OK] * n
+            ages[odf.name] = [None] * n
+
+
+def _none_for_nan(result: np.ndarray[Any, np.dtype[np.float64]]) -> list[float | None]:
+    """The floats as a list, None for each NaN."""
+    out: list[float | None] = result.tolist()
+    nan = np.isnan(result)
+    count = np.count_nonzero(nan)
+    if count > 16:  # (one pass is quicker for many)
+        boxed = result.astype(object)
+        boxed[nan] = None
+        return boxed.tolist()
+    if count:
+        for i in nan.nonzero()[0].tolist():
+            out[i] = None
+    return out
+
+
+_NUMBERS = frozenset((float, int, type(None)))
+
+
+def _floats(column: Column) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+    """The values as float64 (None as NaN) when they are all float, int or None, as `_as_float`
+    converts them; else None."""
+    kinds = set(map(type, column))
+    if not kinds <= _NUMBERS:
+        return None
+    if int in kinds:
+        column = [math.nan if x is None else float(x) for x in column]
+    return np.array(column, dtype=np.float64)  # None becomes NaN
+
+
+def _worse(worst: Column | None, states: Column) -> Column:
+    """Row by row the worse of two status columns (missing over expired over ok)."""
+    if worst is None or worst is states:
+        return states
+    if states.count(OK) == len(states):
+        return worst
+    rank = _RANK
+    return [a if rank[a] >= rank[b] else b for a, b in zip(worst, states, strict=True)]
+
+
+def _column(
+    plan: ReadPlan,
+    odf: _OnDemandRead,
+    where: str,
+    name: str,
+    requests: Sequence[Mapping[str, Any]],
+    values: dict[str, Column],
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    column = np.empty(len(requests), dtype=np.float64)
+    for i, row in enumerate(requests):
+        if where == "request":
+            if name not in row:
+                raise UsageError(
+                    f"request row {i} has no {name!r}; on-demand feature {odf.name!r} of "
+                    f"{plan.service!r} needs request fields "
+                    f"{', '.join(plan.request_fields)} (on the command line: --request "
+                    f"{name}=VALUE)."
+                )
+            column[i] = _as_float(row[name], f"request field {name!r} of row {i}")
+        else:
+            column[i] = _as_float(values[name][i], f"feature {name!r}")
+    return column

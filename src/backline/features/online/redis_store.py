@@ -92,6 +92,26 @@ class RedisOnlineStore(OnlineStore):
                     found[key] = value
         return out
 
+    def read_aligned(
+        self, groups: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> list[list[bytes | None]]:
+        flat: list[bytes] = []
+        for view, version, keys in groups:
+            head = f"{self.prefix}v:{view}:{version}:"
+            flat.extend((head + k).encode() for k in keys)
+        if not flat:
+            return [[] for _ in groups]
+        try:
+            values: list[Any] = self.client.mget(flat)
+        except self._redis.RedisError as exc:
+            raise self._failed(exc) from None
+        out: list[list[bytes | None]] = []
+        i = 0
+        for _, _, keys in groups:
+            out.append(values[i : i + len(keys)])
+            i += len(keys)
+        return out
+
     def transact(self, view: str, version: str, work: Callable[[OnlineTransaction], T]) -> T:
         redis = self._redis
         for _ in range(_RETRIES):

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 
 from backline.core.errors import StoreError
@@ -37,18 +38,74 @@ CREATE TABLE IF NOT EXISTS applied_batches (
 ) WITHOUT ROWID;
 """
 _MAX_PARAMS = 30_000
+_FETCH = 256
 _CHUNK = 5_000
 
 
+Arms = tuple[tuple[int, int, int, int], ...]
+"""Per group with keys: its index, the parameter number of its view (its version is the next),
+of its first key, and its number of keys. Groups with the same key list share its parameters
+(`?NNN`), so each key is bound once however many views look it up."""
+
+
+def _arms(groups: Sequence[tuple[str, str, Sequence[str]]]) -> tuple[Arms, list[str]]:
+    params: list[str] = []
+    arms: list[tuple[int, int, int, int]] = []
+    bound: dict[int, int] = {}  # id of a key list -> the number of its first parameter
+    for i, (view, version, keys) in enumerate(groups):
+        if not keys:
+            continue
+        at = len(params) + 1
+        params.append(view)
+        params.append(version)
+        first = bound.get(id(keys))
+        if first is None:
+            first = bound[id(keys)] = len(params) + 1
+            params.extend(keys)
+        arms.append((i, at, first, len(keys)))
+    return tuple(arms), params
+
+
 @lru_cache(maxsize=512)
-def _read_sql(shape: tuple[int, ...]) -> str:
-    arms = [
-        f"SELECT {i}, key, value FROM online_features WHERE view = ? AND version = ? AND key IN "
-        f"({','.join('?' * n)})"
-        for i, n in enumerate(shape)
-        if n
-    ]
-    return " UNION ALL ".join(arms)
+def _read_sql(arms: Arms) -> str:
+    """One SELECT for all groups (see `Arms`): (group, key, value) of the stored keys."""
+    return " UNION ALL ".join(
+        f"SELECT {i}, key, value FROM online_features WHERE view = ?{v} AND version = ?{v + 1} "
+        f"AND key IN ({','.join(f'?{k}' for k in range(first, first + n))})"
+        for i, v, first, n in arms
+    )
+
+
+@lru_cache(maxsize=512)
+def _aligned_sql(arms: Arms) -> tuple[str, tuple[int, ...]]:
+    """One SELECT for all groups (see `Arms`): (value or NULL, position) of every key, group
+    after group, each in its keys' order: the keys are a VALUES list left-joined to the table
+    (SQLite scans the left side of a LEFT JOIN in the outer loop, in order). The positions
+    it returns must be 0, 1, 2, ... (the second item), or the order is not trusted."""
+    starts = [0]
+    for _, _, _, n in arms:
+        starts.append(starts[-1] + n)
+    sql = " UNION ALL ".join(
+        f"SELECT o.value, k.column1 FROM (VALUES "
+        f"{','.join(f'({at + j}, ?{first + j})' for j in range(n))}) AS k "
+        f"LEFT JOIN online_features AS o "
+        f"ON o.view = ?{v} AND o.version = ?{v + 1} AND o.key = k.column2"
+        for (_, v, first, n), at in zip(arms, starts, strict=False)
+    )
+    return sql, tuple(range(starts[-1]))
+
+
+@lru_cache(maxsize=512)
+def _single_sql(looked: tuple[int, ...]) -> str:
+    """One SELECT of (group, value) for one key of each of the groups `looked`."""
+    return " UNION ALL ".join(
+        f"SELECT {i}, value FROM online_features WHERE view = ? AND version = ? AND key = ?"
+        for i in looked
+    )
+
+
+_VALUE = itemgetter(0)
+_POSITION = itemgetter(1)
 
 
 class SQLiteOnlineStore(OnlineStore):
@@ -113,20 +170,13 @@ class SQLiteOnlineStore(OnlineStore):
 
     def read(self, groups: Sequence[tuple[str, str, Sequence[str]]]) -> list[dict[str, bytes]]:
         out: list[dict[str, bytes]] = [{} for _ in groups]
-        shape = tuple(len(keys) for _, _, keys in groups)
-        if not any(shape):
+        arms, params = _arms(groups)
+        if not arms:
             return out
         con = self._con()
-        total = sum(shape) + 2 * len(groups)
         try:
-            if total <= _MAX_PARAMS:
-                params: list[str] = []
-                for view, version, keys in groups:
-                    if keys:
-                        params.append(view)
-                        params.append(version)
-                        params.extend(keys)
-                for i, key, value in con.execute(_read_sql(shape), params):
+            if len(params) <= _MAX_PARAMS:
+                for i, key, value in con.execute(_read_sql(arms), params):
                     out[i][key] = value
                 return out
             con.execute("BEGIN")  # one snapshot across the chunks
@@ -137,6 +187,46 @@ class SQLiteOnlineStore(OnlineStore):
                 con.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"online store {self.path}: read failed ({exc}).") from None
+        return out
+
+    def read_aligned(
+        self, groups: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> list[list[bytes | None]]:
+        out: list[list[bytes | None]] = [[None] * len(keys) for _, _, keys in groups]
+        if all(len(keys) < 2 for _, _, keys in groups):  # a key per group (a read of one row)
+            looked = tuple(i for i, (_, _, keys) in enumerate(groups) if keys)
+            if not looked:
+                return out
+            params = [x for i in looked for x in (groups[i][0], groups[i][1], groups[i][2][0])]
+            try:
+                for i, value in self._con().execute(_single_sql(looked), params):
+                    out[i][0] = value
+            except sqlite3.Error as exc:
+                raise StoreError(f"online store {self.path}: read failed ({exc}).") from None
+            return out
+        arms, params = _arms(groups)
+        if len(params) > _MAX_PARAMS:
+            return super().read_aligned(groups)
+        sql, positions = _aligned_sql(arms)
+        values: list[bytes | None] = []
+        try:
+            cursor = self._con().execute(sql, params)
+            # in chunks: fewer row tuples alive at once (each one counts towards a collection
+            # of the garbage collector's youngest generation, every 700)
+            while rows := cursor.fetchmany(_FETCH):
+                at = len(values)
+                if tuple(map(_POSITION, rows)) != positions[at : at + len(rows)]:
+                    cursor.close()  # not in the keys' order after all
+                    return super().read_aligned(groups)
+                values.extend(map(_VALUE, rows))
+        except sqlite3.Error as exc:
+            raise StoreError(f"online store {self.path}: read failed ({exc}).") from None
+        if len(values) != len(positions):
+            return super().read_aligned(groups)
+        at = 0
+        for i, _, _, n in arms:
+            out[i] = values[at : at + n]
+            at += n
         return out
 
     def transact(self, view: str, version: str, work: Callable[[OnlineTransaction], T]) -> T:
