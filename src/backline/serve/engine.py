@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from backline.core.errors import BacklineError, StoreError
+from backline.serve.logrows import LogRows, Segment
 from backline.serve.policy import BatchPolicy, Waiting
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ class Engine:
         self._idle: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="backline-engine")
         self._thread_store: Any = None
+        self._log_rows = LogRows()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -215,6 +217,11 @@ class Engine:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._log_rows.rows:  # on the compute thread, like every other use of the rows
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._flush_log, True
+                )
         for item in list(self._queue.values()):  # only left when the drain timed out
             if not item.future.done():
                 item.future.set_exception(NotReady("the server stopped before this request ran"))
@@ -345,7 +352,6 @@ class Engine:
         for k, item in enumerate(items):
             groups.setdefault(item.request.at, []).append(k)
         fetch_s = compute_s = 0.0
-        log_parts: list[pa.Table] = []
         for at, members in groups.items():
             when = at if at is not None else datetime.now(UTC)
             try:
@@ -359,7 +365,7 @@ class Engine:
                 # request's problem is never its batch mates'
                 client = isinstance(exc, BacklineError) and exc.http_status < 500
                 if len(members) > 1 and (client or not isinstance(exc, BacklineError)):
-                    self._one_by_one(served, items, members, when, outcomes, log_parts, rows)
+                    self._one_by_one(served, items, members, when, outcomes, rows)
                     continue
                 for k in members:
                     outcomes[k].error = exc
@@ -367,14 +373,12 @@ class Engine:
             fetch_s += t2 - t1
             compute_s += t3 - t2
             self._answer(served, items, members, scores, degraded, rows, outcomes)
-            self._keep_log(
-                log_parts, served, items, members, features, scores, degraded, rows, when
-            )
+            self._keep_log(served, items, members, features, scores, degraded, rows, when)
         if self.metrics is not None:
             self.metrics.batch(served.name, served.version, rows, fetch_s, compute_s)
             for item in items:
                 self.metrics.queued(item.dispatched - item.waiting.arrived)
-        self._log(log_parts)
+        self._flush_log()
         self.stats.last_batch_at = start
         return outcomes
 
@@ -385,7 +389,6 @@ class Engine:
         members: list[int],
         when: datetime,
         outcomes: list[_Outcome],
-        log_parts: list[pa.Table],
         rows: int,
     ) -> None:
         for k in members:
@@ -396,7 +399,7 @@ class Engine:
                 outcomes[k].error = exc
                 continue
             self._answer(served, items, [k], scores, degraded, rows, outcomes)
-            self._keep_log(log_parts, served, items, [k], features, scores, degraded, rows, when)
+            self._keep_log(served, items, [k], features, scores, degraded, rows, when)
 
     def _features(
         self, served: ServedModel, items: list[_Item], when: datetime
@@ -465,23 +468,7 @@ class Engine:
             )
             offset += n
 
-    def _keep_log(self, log_parts: list[pa.Table], *args: Any) -> None:
-        """Build the prediction-log rows of a group; rows that cannot be built (a column one
-        client sent as text and another as a number) are dropped and counted, like rows
-        that find the log's buffer full: the log never fails scoring."""
-        if self.predlog is None:
-            return
-        try:
-            log_parts.append(self._log_rows(*args))
-        except Exception:
-            members = args[2]
-            items = args[1]
-            dropped = sum(items[k].request.rows for k in members)
-            self.stats.log_dropped += dropped
-            if self.metrics is not None:
-                self.metrics.dropped(dropped)
-
-    def _log_rows(
+    def _keep_log(
         self,
         served: ServedModel,
         items: list[_Item],
@@ -491,52 +478,65 @@ class Engine:
         degraded: bool,
         batch_rows: int,
         when: datetime,
-    ) -> pa.Table:
-        """The prediction-log rows of one group (built only when the log is on)."""
+    ) -> None:
+        """Gather the prediction-log rows of a group as plain columns (converted to Arrow
+        later, many groups at once: `backline.serve.logrows`)."""
         if self.predlog is None:
-            return pa.table({})
+            return
         now = self.clock()
+        reqs = [items[k] for k in members]
         ids: list[str] = []
         latency: list[float] = []
         queue: list[float] = []
-        passthrough: dict[str, list[Any]] = {}
-        fields: dict[str, list[Any]] = {}
-        n_total = 0
-        for k in members:
-            req = items[k].request
-            for j in range(req.rows):
-                ids.append(req.request_id if req.rows == 1 else f"{req.request_id}/{j}")
-                latency.append((now - items[k].waiting.arrived) * 1000)
-                queue.append((items[k].dispatched - items[k].waiting.arrived) * 1000)
-                for key, value in req.passthrough[j].items():
-                    passthrough.setdefault(key, [None] * n_total).append(value)
-                for key, value in req.fields[j].items():
-                    fields.setdefault(key, [None] * n_total).append(value)
-                n_total += 1
-                for column in (*passthrough.values(), *fields.values()):
-                    if len(column) < n_total:
-                        column.append(None)
-        table = features.to_arrow()
-        columns: dict[str, Any] = {
-            "request_id": pa.array(ids, pa.string()),
-            "scored_at": pa.array([when] * n_total, pa.timestamp("us", tz="UTC")),
-            "model": pa.array([served.name] * n_total, pa.string()),
-            "model_version": pa.array([served.version] * n_total, pa.int64()),
-            "score": pa.array(scores.astype(np.float64), pa.float64()),
-            "latency_ms": pa.array(latency, pa.float64()),
-            "queue_ms": pa.array(queue, pa.float64()),
-            "batch_size": pa.array([batch_rows] * n_total, pa.int32()),
-            "degraded": pa.array([degraded] * n_total, pa.bool_()),
-        }
-        for name in features.entity_columns:
-            columns[name] = table.column(name)
-        for name, values in passthrough.items():
-            columns.setdefault(name, pa.array(values))
-        for name, values in fields.items():
-            columns.setdefault(name, pa.array(values))
-        for name in features.columns:
-            columns[f"feature__{name}"] = table.column(name)
-        return pa.table(columns)
+        for item in reqs:
+            req, n = item.request, item.request.rows
+            ids.extend([req.request_id] if n == 1 else [f"{req.request_id}/{j}" for j in range(n)])
+            latency.extend([(now - item.waiting.arrived) * 1000] * n)
+            queue.extend([(item.dispatched - item.waiting.arrived) * 1000] * n)
+        extra: dict[str, list[Any]] = {}
+        for part in ("passthrough", "fields"):
+            rows = [row for item in reqs for row in getattr(item.request, part)]
+            names = dict.fromkeys(name for row in rows for name in row)
+            for name in names:
+                if name not in extra:
+                    extra[name] = [row.get(name) for row in rows]
+        n_rows = len(ids)
+        entities = list(zip(*features.entities, strict=True)) if n_rows else []
+        values = list(zip(*features.values, strict=True)) if n_rows else []
+        prefixed = [f"feature__{name}" for name in features.columns]
+        self._log_rows.add(
+            Segment(
+                rows=n_rows,
+                scored_at=when,
+                model=served.name,
+                version=served.version,
+                batch_size=batch_rows,
+                degraded=degraded,
+                request_ids=ids,
+                scores=scores.astype(float).tolist(),
+                latency_ms=latency,
+                queue_ms=queue,
+                entity_columns=features.entity_columns if entities else (),
+                entities=entities,
+                features=dict(zip(prefixed, values, strict=True)) if values else {},
+                feature_types=dict(zip(prefixed, features.types, strict=True)),
+                extra=extra,
+            )
+        )
+
+    def _flush_log(self, force: bool = False) -> None:
+        """Convert the gathered log rows and hand them to the log: when enough have gathered,
+        when they are old enough, or when nothing is queued (a quiet server logs at once)."""
+        if self.predlog is None or not self._log_rows.rows:
+            return
+        if not (force or not self._queue or self._log_rows.due()):
+            return
+        tables, dropped = self._log_rows.take()
+        if dropped:
+            self.stats.log_dropped += dropped
+            if self.metrics is not None:
+                self.metrics.dropped(dropped)
+        self._log(tables)
 
     def _log(self, parts: list[pa.Table]) -> None:
         if self.predlog is None:

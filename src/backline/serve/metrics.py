@@ -30,6 +30,9 @@ class Metrics:
     one process, as in the tests, do not collide)."""
 
     def __init__(self) -> None:
+        # labelled children, looked up once: `labels()` costs more than the observation
+        self._answered: dict[tuple[str, int | None, int], tuple[Any, Any]] = {}
+        self._batch: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         mv = ("model", "version")
@@ -107,16 +110,31 @@ class Metrics:
     # -- observations (thread-safe: prometheus_client locks) -------------------------------------
 
     def answered(self, model: str, version: int | None, code: int, seconds: float) -> None:
-        v = "" if version is None else str(version)
-        self.requests.labels(model, v, str(code)).inc()
-        if code == 200:
-            self.request_duration.labels(model, v).observe(seconds)
+        key = (model, version, code)
+        children = self._answered.get(key)
+        if children is None:
+            v = "" if version is None else str(version)
+            children = self._answered[key] = (
+                self.requests.labels(model, v, str(code)),
+                self.request_duration.labels(model, v) if code == 200 else None,
+            )
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
 
     def batch(self, model: str, version: int, rows: int, fetch_s: float, compute_s: float) -> None:
-        v = str(version)
-        self.batch_size.labels(model, v).observe(rows)
-        self.feature_duration.labels(model, v).observe(fetch_s)
-        self.compute_duration.labels(model, v).observe(compute_s)
+        key = (model, version)
+        children = self._batch.get(key)
+        if children is None:
+            v = str(version)
+            children = self._batch[key] = (
+                self.batch_size.labels(model, v),
+                self.feature_duration.labels(model, v),
+                self.compute_duration.labels(model, v),
+            )
+        children[0].observe(rows)
+        children[1].observe(fetch_s)
+        children[2].observe(compute_s)
 
     def queued(self, seconds: float) -> None:
         self.queue_duration.observe(seconds)
