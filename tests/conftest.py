@@ -1,7 +1,8 @@
 """Shared fixtures: a fresh project per test, and real services behind markers.
 
 Tests marked `redis` or `postgres` talk to the real servers, and `spark` tests need pyspark
-and Java 17+. The servers are the ones BACKLINE_TEST_REDIS_URL and BACKLINE_TEST_POSTGRES_URL
+and Java 17+. Tests marked `promtool`, `alertmanager` or `chromium` run a program that a Debian
+package installs (`BINARIES`; `.ci/run` installs them when missing). The servers are the ones BACKLINE_TEST_REDIS_URL and BACKLINE_TEST_POSTGRES_URL
 name (default: redis and postgres on 127.0.0.1); the check probes their host and port. Locally
 they skip, with the reason shown, when a service is missing; with
 CI=true a missing service fails the test.
@@ -30,6 +31,20 @@ POSTGRES_URL = os.environ.get(
     "BACKLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 _DEFAULT_PORTS = {"redis": 6379, "postgres": 5432}
+#: marker -> (Debian package, the names its program may have on PATH)
+BINARIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "promtool": ("prometheus", ("promtool",)),
+    "alertmanager": ("prometheus-alertmanager", ("prometheus-alertmanager", "alertmanager")),
+    "chromium": ("chromium", ("chromium", "chromium-browser", "chromium-headless-shell")),
+}
+
+
+def find_binary(marker: str) -> str | None:
+    """The full path of the program a marker needs, or None when none of its names is on PATH."""
+    for name in BINARIES[marker][1]:
+        if path := shutil.which(name):
+            return path
+    return None
 
 
 def service_address(marker: str) -> tuple[str, int]:
@@ -75,6 +90,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
                 problems.append(f"{marker} is not answering at {host}:{port}")
     if item.get_closest_marker("spark") and (missing := spark_missing()):
         problems.append(f"spark: {missing}")
+    for marker, (package, names) in BINARIES.items():
+        if item.get_closest_marker(marker) and find_binary(marker) is None:
+            problems.append(
+                f"{marker}: no {' or '.join(names)} on PATH (apt-get install {package})"
+            )
     if problems:
         if IN_CI:
             pytest.fail(f"{problems[0]} (CI=true: a missing service is a failure, not a skip)")

@@ -8,6 +8,9 @@ choices and ``Annotated[int, Bound(min=1)]`` gives a numeric range. The loader r
 refuses a value outside them with one message format. ``__post_init__`` keeps only the checks
 that are not about one field alone (min above max, a primary key that is not a column) and the
 format checks (a size, a regular expression, an encoding).
+An array of tables (``[[monitor.alerts]]``) is a tuple of frozen dataclasses, each table built
+and checked like a section; a field named after a Python keyword (``for_``) is written without
+its underscore (``for = 2``); a union (``timedelta | int``) takes the first type that fits.
 Top-level sections can be overridden from the environment as BACKLINE_<SECTION>_<KEY>,
 for example ``BACKLINE_ONLINE_URI=redis://127.0.0.1:6379/0``.
 
@@ -19,11 +22,14 @@ for example ``BACKLINE_ONLINE_URI=redis://127.0.0.1:6379/0``.
 from __future__ import annotations
 
 import dataclasses
+import keyword
+import math
 import os
 import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -290,6 +296,215 @@ class ServeSection:
     """Longest time a prediction-log row waits in memory before it is written."""
 
 
+AlertOp = Literal[">", ">=", "<", "<="]
+NotifierKind = Literal["alertmanager", "webhook", "log"]
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How to write a value whose type is a union (``Annotated[timedelta | int, Spelling(...)]``),
+    said by the error that refuses a value none of the union's types accepts."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class AlertRuleSpec:
+    """One ``[[monitor.alerts]]`` table: a threshold on a metric the monitor publishes per window.
+
+    The states and the exact meaning of `for` and `keep_firing_for` are in docs/alerts.md and
+    backline/monitor/alerts.py."""
+
+    name: str
+    """The alert's name (Alertmanager's `alertname`); unique among the rules."""
+
+    metric: str
+    """The metric compared, as the monitor publishes it per window: drift.features_drifted,
+    drift.score, performance.auc_pr_drop, label_coverage, latency_p99_ms, ... A metric published
+    per label set (drift.score per feature) gets one alert per label set."""
+
+    op: AlertOp
+    """How the metric is compared with the threshold; the rule breaches when `metric op threshold`."""
+
+    threshold: float
+    """The value compared against."""
+
+    for_: Annotated[int, Bound(min=0)] = 0
+    """Written `for`. Windows the breach must go on after the first breaching window before the
+    alert fires (pending meanwhile): 0 fires on the first breaching window, 2 on the third in a
+    row, as Prometheus's `for: 2 × window`."""
+
+    keep_firing_for: Annotated[int, Bound(min=0)] = 0
+    """Windows a firing alert keeps firing after its metric stops breaching: 0 resolves on the
+    first clear window, 2 on the third clear window in a row."""
+
+    severity: str = "warning"
+    """The `severity` label Alertmanager routes on: critical, warning, info, or your own."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels on the alert, e.g. { team = "fraud" }."""
+
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """Text for people, e.g. { summary = "$value features drifted" }; $value, $threshold,
+    $metric and the series' labels ($feature) are filled in."""
+
+    retrain: bool = False
+    """Firing asks for a retraining run (at most once per monitor.retrain_cooldown)."""
+
+    def __post_init__(self) -> None:
+        where = f"{CONFIG_FILE}: [[monitor.alerts]] name = {self.name!r}"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise ConfigError(
+                f"{CONFIG_FILE}: [[monitor.alerts]] name = {self.name!r} must be letters, digits "
+                'and _ (not starting with a digit), e.g. name = "FeatureDrift".'
+            )
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*", self.metric):
+            raise ConfigError(
+                f"{where}: metric = {self.metric!r} must be lower-case words joined by . or _, "
+                'e.g. metric = "drift.features_drifted".'
+            )
+        if not math.isfinite(self.threshold):
+            raise ConfigError(f"{where}: threshold = {self.threshold} must be a finite number.")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.severity):
+            raise ConfigError(
+                f"{where}: severity = {self.severity!r} must be a lower-case word such as "
+                '"critical", "warning" or "info".'
+            )
+        for kind, table in (("labels", self.labels), ("annotations", self.annotations)):
+            for key in table:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or key.startswith("__"):
+                    raise ConfigError(
+                        f"{where}: {kind} key {key!r} must be letters, digits and _ (a "
+                        "Prometheus label name). Rename it."
+                    )
+        reserved = {"alertname", "severity"} & set(self.labels)
+        if reserved:
+            raise ConfigError(
+                f"{where}: labels sets {sorted(reserved)[0]!r}, which the rule's own name and "
+                "severity keys set. Remove it from labels."
+            )
+
+
+@dataclass(frozen=True)
+class NotifierSpec:
+    """One ``[[monitor.notify]]`` table: where alerts that fire or resolve are sent."""
+
+    kind: NotifierKind
+    """alertmanager (POST url/api/v2/alerts), webhook (Alertmanager's webhook payload, version 4,
+    POSTed to url) or log (JSON lines appended to path)."""
+
+    url: str = ""
+    """alertmanager: Alertmanager's base URL, e.g. http://127.0.0.1:9093. webhook: the URL
+    POSTed to."""
+
+    path: str = ""
+    """log: the file alerts are appended to, relative to the project folder."""
+
+    timeout: timedelta = timedelta(seconds=5)
+    """How long one HTTP attempt may take."""
+
+    retries: Annotated[int, Bound(min=0, max=10)] = 3
+    """Attempts after the first failed one, 0.5 s, 1 s, 2 s ... apart; then the failure is counted
+    and the monitor goes on."""
+
+    def __post_init__(self) -> None:
+        where = f'{CONFIG_FILE}: [[monitor.notify]] kind = "{self.kind}"'
+        if self.kind == "log":
+            if not self.path:
+                raise ConfigError(
+                    f'{where} needs path, the file alerts are appended to, e.g. path = ".backline/alerts.jsonl".'
+                )
+            if self.url:
+                raise ConfigError(f"{where} writes to path; remove url = {self.url!r}.")
+            return
+        if self.path:
+            raise ConfigError(f"{where} posts to url; remove path = {self.path!r}.")
+        example = (
+            "http://127.0.0.1:9093" if self.kind == "alertmanager" else "http://HOST:PORT/PATH"
+        )
+        if not self.url:
+            raise ConfigError(f'{where} needs url, e.g. url = "{example}".')
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"{where}: url = {self.url!r} is not an http:// or https:// URL with a host. "
+                f'Write it as url = "{example}".'
+            )
+        if self.kind == "alertmanager" and parts.path.rstrip("/").endswith("/api/v2/alerts"):
+            raise ConfigError(
+                f"{where}: url = {self.url!r} should be Alertmanager's base URL; backline adds "
+                f'/api/v2/alerts. Write url = "{self.url.rstrip("/").removesuffix("/api/v2/alerts")}".'
+            )
+        if self.timeout <= timedelta(0):
+            raise ConfigError(f'{where}: timeout must be above 0, e.g. timeout = "5s".')
+
+
+@dataclass(frozen=True)
+class MonitorSection:
+    window: Annotated[
+        timedelta | int, Spelling("a duration such as '1h' or a row count such as 10000")
+    ] = timedelta(hours=1)
+    """A monitoring window: a span of event time ("1h", "1d") or a number of predictions (10000)."""
+
+    max_feature_labels: Annotated[int, Bound(min=1)] = 20
+    """Prometheus gauges label at most this many features individually (the highest drift
+    scores); the rest are folded into feature="_other", so a wide model cannot flood Prometheus."""
+
+    retrain_cooldown: timedelta = timedelta(days=1)
+    """After an alert with retrain = true asks for retraining, further requests wait this long."""
+
+    external_url: str = ""
+    """Link sent with each alert (Alertmanager's generatorURL and externalURL), e.g. where the
+    monitoring report is published; empty sends none."""
+
+    alerts: tuple[AlertRuleSpec, ...] = ()
+    """The alert rules, one [[monitor.alerts]] table each."""
+
+    notify: tuple[NotifierSpec, ...] = ()
+    """Where firing and resolved alerts go, one [[monitor.notify]] table each."""
+
+    @property
+    def window_rows(self) -> int | None:
+        """The window's size in predictions, or None for a window of time."""
+        return None if isinstance(self.window, timedelta) else self.window
+
+    @property
+    def window_span(self) -> timedelta | None:
+        """The window's length in event time, or None for a window of rows."""
+        return self.window if isinstance(self.window, timedelta) else None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, timedelta) and self.window <= timedelta(0):
+            raise ConfigError(
+                f'{CONFIG_FILE}: monitor.window = {self.window} must be above 0, e.g. window = "1h".'
+            )
+        if isinstance(self.window, int) and self.window < 1:
+            raise ConfigError(
+                f"{CONFIG_FILE}: monitor.window = {self.window} must be a positive row count such "
+                'as 10000, or a duration such as "1h".'
+            )
+        if self.retrain_cooldown < timedelta(0):
+            raise ConfigError(
+                f"{CONFIG_FILE}: monitor.retrain_cooldown must not be negative; write e.g. "
+                'retrain_cooldown = "1d".'
+            )
+        if self.external_url:
+            parts = urllib.parse.urlsplit(self.external_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"{CONFIG_FILE}: monitor.external_url = {self.external_url!r} is not an "
+                    'http:// or https:// URL. Write it as "https://HOST/PATH", or leave it empty.'
+                )
+        seen: set[str] = set()
+        for rule in self.alerts:
+            if rule.name in seen:
+                raise ConfigError(
+                    f"{CONFIG_FILE}: two [[monitor.alerts]] are named {rule.name!r}; each rule "
+                    "keeps its own state under its name. Rename one (e.g. add Warning/Critical)."
+                )
+            seen.add(rule.name)
+
+
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
@@ -460,6 +675,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     gate: GateSection = field(default_factory=GateSection)
     serve: ServeSection = field(default_factory=ServeSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
     sources: Mapping[str, SourceSpec] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceSpec:
@@ -500,6 +716,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainSection,
     "gate": GateSection,
     "serve": ServeSection,
+    "monitor": MonitorSection,
 }
 
 
@@ -627,18 +844,20 @@ def _build(
     that names the key, and the environment variable when one set it."""
     from_env = from_env or {}
     hints = typing.get_type_hints(cls, include_extras=True)  # keep Annotated's Bound
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {toml_key(f.name): f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         if key not in fields:
             hint = _suggest(key, list(fields))
-            valid = ", ".join(k for k in fields if k not in ("name", "columns"))
+            implicit = ("name", "columns") if cls in (SourceSpec, ColumnSpec) else ()
+            valid = ", ".join(k for k in fields if k not in implicit)
             raise ConfigError(
                 f"{CONFIG_FILE}: unknown key '{where}.{key}'.{hint} Valid keys: {valid}."
             )
         dotted = f"{where}.{key}"
-        kwargs[key] = _coerce(value, hints[key], dotted, _origin(dotted, from_env))
-    missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
+        name = fields[key].name
+        kwargs[name] = _coerce(value, hints[name], dotted, _origin(dotted, from_env))
+    missing = [k for k, f in fields.items() if f.name not in kwargs and _required(f)]
     if missing:  # checked here: the dataclass would say "__init__() missing 1 required ..."
         example = _EXAMPLES.get(missing[0], f"{missing[0]} = ...")
         raise ConfigError(
@@ -660,7 +879,19 @@ _EXAMPLES = {  # how to write a required key, for the error that says it is miss
     "primary_key": 'primary_key = ["id"]',
     "event_time": 'event_time = "event_time"',
     "columns": '[sources.NAME.columns.COL] with type = "string"',
+    "name": 'name = "FeatureDrift"',
+    "metric": 'metric = "drift.features_drifted"',
+    "op": 'op = ">="',
+    "threshold": "threshold = 1",
+    "kind": 'kind = "webhook"',
 }
+
+
+def toml_key(field_name: str) -> str:
+    """The key a field is written as: a field named after a Python keyword carries a trailing
+    underscore (``for_``) that backline.toml leaves off (``for = 2``)."""
+    bare = field_name.removesuffix("_")
+    return bare if bare != field_name and keyword.iskeyword(bare) else field_name
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:
@@ -705,7 +936,13 @@ def _coerce(value: Any, hint: Any, key: str, where: str = CONFIG_FILE) -> Any:
     args = typing.get_args(hint)
     if origin is Annotated:
         base, *extras = args
-        value = _coerce(value, base, key, where)
+        spelling = next((m.text for m in extras if isinstance(m, Spelling)), None)
+        try:
+            value = _coerce(value, base, key, where)
+        except ConfigError:
+            if spelling is None:
+                raise
+            raise _wrong_type(key, value, spelling, where) from None
         for bound in (m for m in extras if isinstance(m, Bound)):
             if not bound.admits(value):
                 raise ConfigError(f"{where}: {key} = {value} must be {bound.describe()}.")
@@ -718,7 +955,12 @@ def _coerce(value: Any, hint: Any, key: str, where: str = CONFIG_FILE) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, where)
+        for arg in inner[:-1]:  # the first type that takes the value wins: timedelta | int
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        return _coerce(value, inner[-1], key, where)
     from_env = isinstance(value, str)
 
     def _type_error(key: str, value: Any, expected: str) -> ConfigError:
@@ -759,6 +1001,21 @@ def _coerce(value: Any, hint: Any, key: str, where: str = CONFIG_FILE) -> Any:
             return parse_utc(value, what=key)
         except BacklineError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    if origin is tuple and args and args[0] in (AlertRuleSpec, NotifierSpec):
+        # [[monitor.alerts]]: an array of tables, each built and checked like a section
+        table_name = key.split("[")[0]
+        if from_env:
+            raise ConfigError(
+                f"{where}: {key} is a list of tables; write it in {CONFIG_FILE} as "
+                f"[[{table_name}]] tables, not in a variable."
+            )
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise _type_error(key, value, f"tables, each written [[{table_name}]]")
+        return tuple(_build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is Mapping or origin is dict:
+        if from_env or not isinstance(value, dict):
+            raise _type_error(key, value, 'a table such as { team = "fraud" }')
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
     if origin is tuple:
         if from_env:  # a list in one variable: comma-separated, e.g. BACKLINE_TRAIN_HIDDEN=128,64
             value = [v.strip() for v in value.split(",") if v.strip()]
