@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backline.core.errors import InvalidArgument, SchemaError
+from backline.monitor import calibration
 from backline.monitor.calibration import IsotonicCalibrator, Ranking, _draw_positives
 from backline.monitor.performance import (
     cohort_performance,
@@ -323,8 +324,14 @@ def test_sparse_metrics_equal_dense_metrics(n: int, draws: int, seed: int, fpr: 
     draw, position = np.nonzero(y)
     dense = ranked.metrics(y, fpr)
     sparse = ranked.sparse_metrics(draw.astype(np.int64), position.astype(np.int64), draws, fpr)
+    float32 = ranked.metrics(y, fpr, np.float32)
     for name, values in sparse.items():
         np.testing.assert_allclose(values, dense[name], atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(float32[name], dense[name], atol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(float32["threshold"], dense["threshold"])
+    for row in range(draws):  # and row by row, against the one-vector path realised uses
+        one = realised_metrics(y[row], scores[ranked.order], target_fpr=fpr)
+        assert one.auc_pr == pytest.approx(dense["auc_pr"][row], nan_ok=True, abs=1e-12)
 
 
 def test_sampler_draws_each_row_with_its_probability_independently() -> None:
@@ -395,6 +402,23 @@ def test_estimate_is_deterministic_and_matches_dense_monte_carlo(
         lo, hi = np.nanquantile(dense[name], [0.05, 0.95])
         assert abs(estimate.lower - lo) < 0.15 * spread and abs(estimate.upper - hi) < 0.15 * spread
     assert one.positive_rate.expected == pytest.approx(calibrator.predict(scores).mean())
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.3])
+def test_sparse_and_dense_drawing_agree(rate: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rare positives are drawn sparsely, common ones densely: both give the same estimate."""
+    rng = np.random.default_rng(8)
+    scores = np.round(rng.random(3_000), 3)  # with ties
+    probs = np.clip(scores * 2 * rate, 0, 1)
+    found = {}
+    for path, cutoff in (("sparse", 1.0), ("dense", -1.0)):
+        monkeypatch.setattr(calibration, "_SPARSE", cutoff)
+        found[path] = estimate_performance(probs, None, draws=600, seed=3)
+    for name in ("auc_pr", "roc_auc", "recall_at_fpr", "positive_rate"):
+        a, b = getattr(found["sparse"], name), getattr(found["dense"], name)
+        spread = a.upper - a.lower
+        assert abs(a.expected - b.expected) < 0.1 * spread, name
+        assert abs(a.lower - b.lower) < 0.2 * spread and abs(a.upper - b.upper) < 0.2 * spread
 
 
 def test_estimate_argument_errors(calibrator: IsotonicCalibrator) -> None:

@@ -35,6 +35,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,8 +56,12 @@ __all__ = [
 ESTIMATED = ("auc_pr", "roc_auc", "recall_at_fpr", "positive_rate")
 """Metrics `estimate_performance` estimates (and concept-drift checks can compare)."""
 _DENSE = 0.1
-"""Rows with a calibrated probability above this get one uniform per draw; the rest are drawn
-sparsely (`_draw_positives`)."""
+"""In sparse drawing, rows with a probability above this still get one uniform per draw."""
+_SPARSE = 0.02
+"""Positives are drawn sparsely while the expected positive rate is at most this; above it,
+one uniform per row and draw is cheaper than bookkeeping per positive."""
+_CELLS = 1 << 20
+"""Draws x rows held at once by dense drawing (4 MB of float32)."""
 
 
 def isotonic_regression(
@@ -224,62 +229,86 @@ class Ranking:
     for every score >= it, so tied scores always move together).
 
     Realised metrics (`performance.realised_metrics`, one label vector) and estimated ones
-    (many drawn vectors) go through this one computation, so they cannot disagree on a
-    definition."""
+    (many drawn vectors) go through this class, so they cannot disagree on a definition."""
 
     order: npt.NDArray[np.intp]
     ends: npt.NDArray[np.intp]
-    """Last sorted position of each run of equal scores."""
+    """Last sorted position of each run of equal scores (a threshold group)."""
     above: npt.NDArray[np.float64]
     """Rows scored >= each threshold (ends + 1)."""
     thresholds: npt.NDArray[np.float64]
     group: npt.NDArray[np.int64]
     """Threshold group of each sorted position."""
+    ranks: npt.NDArray[np.float64]
+    """Ascending rank of each sorted position, ties given their mean rank (Mann-Whitney)."""
 
     @classmethod
     def of(cls, scores: npt.NDArray[np.float64]) -> Ranking:
+        n = scores.size
         order = np.argsort(-scores, kind="stable")
         ranked = scores[order]
-        new = np.r_[True, ranked[1:] != ranked[:-1]] if ranked.size else np.zeros(0, bool)
-        ends = np.r_[np.flatnonzero(new[1:]), ranked.size - 1] if ranked.size else new.nonzero()[0]
+        new = np.ones(n, dtype=bool)
+        new[1:] = ranked[1:] != ranked[:-1]
+        ends = np.append(np.flatnonzero(new)[1:], n)[: new.sum()] - 1
         group = np.cumsum(new, dtype=np.int64) - 1
-        return cls(order, ends, (ends + 1).astype(np.float64), ranked[ends], group)
+        above = (ends + 1).astype(np.float64)
+        below_group = np.r_[0.0, above[:-1]]
+        # a group spanning sorted positions [below, above) holds ascending ranks
+        # n - above + 1 .. n - below; each member gets their mean
+        ranks = (n - (above + below_group) / 2 + 0.5)[group]
+        return cls(order, ends, above, ranked[ends], group, ranks)
+
+    @property
+    def tied(self) -> bool:
+        return bool(self.ends.size < self.group.size)
 
     def metrics(
-        self, y_sorted: npt.NDArray[np.bool_], target_fpr: float
+        self,
+        y_sorted: npt.NDArray[np.bool_],
+        target_fpr: float,
+        dtype: type[np.floating[Any]] = np.float64,
     ) -> dict[str, npt.NDArray[np.float64]]:
-        """Per row of `y_sorted` (D, n): labels in this order. AUC-PR, ROC-AUC, recall at
+        """Per row of `y_sorted` (D, n), labels in sorted order: AUC-PR, ROC-AUC, recall at
         `target_fpr` and its threshold, positive rate; NaN where a metric needs an absent class.
-        """
-        n = y_sorted.shape[1]
+        Label counts are exact in float32 up to 2**24 rows; float32 sums lose about 1e-6, which
+        Monte-Carlo noise dwarfs, at half the memory traffic."""
+        draws, n = y_sorted.shape
         if n == 0:
-            nan = np.full(y_sorted.shape[0], math.nan)
+            nan = np.full(draws, math.nan)
             return {name: nan for name in (*ESTIMATED, "threshold")}
-        tp = np.cumsum(y_sorted, axis=1, dtype=np.int32)[:, self.ends].astype(np.float64)
-        pos = tp[:, -1]
+        y = y_sorted.astype(dtype)
+        pos = y_sorted.sum(axis=1).astype(np.float64)
         neg = n - pos
-        d_tp = np.diff(tp, axis=1, prepend=0.0)
-        fp = self.above - tp  # (D, G) negatives scored >= each threshold
+        # Mann-Whitney: the positives' rank sum counts the rows each outranks, ties as 1/2
+        rank_sum = (y @ self.ranks.astype(dtype)).astype(np.float64)
+        # positives scored >= each position (an integer cumsum is much faster than a float one)
+        counts = np.cumsum(y_sorted, axis=1, dtype=np.int64 if n >= 2**31 else np.int32)
+        d_tp = y
+        if self.tied:
+            counts = counts[:, self.ends]
+        tp = counts.astype(dtype)
+        if self.tied:
+            d_tp = np.diff(tp, axis=1, prepend=0)
+        # step-wise average precision: sum of (recall step) * (precision there)
+        precision_sum = ((d_tp * tp) @ (1.0 / self.above).astype(dtype)).astype(np.float64)
+        # false-positive rate only grows as the threshold falls, so the admissible thresholds
+        # are a prefix; the last of them has the best recall
+        fp = self.above.astype(dtype) - tp
+        admitted = (fp <= _most_false_positives(neg, target_fpr)[:, None].astype(dtype)).sum(1)
+        last = np.maximum(admitted - 1, 0)
+        hit = admitted > 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            # step-wise average precision: sum of (recall step) * (precision there)
-            auc_pr = (d_tp * tp / self.above).sum(axis=1) / pos
-            # each positive beats the negatives scored below it and ties with half its group's
-            d_fp = np.diff(self.above, prepend=0.0) - d_tp
-            roc_auc = (d_tp * (neg[:, None] - fp + 0.5 * d_fp)).sum(axis=1) / (pos * neg)
-            # false-positive rate only grows as the threshold falls, so the admissible
-            # thresholds are a prefix and the last of them has the best recall
-            admitted = (fp / neg[:, None] <= target_fpr).sum(axis=1)
-            last = np.maximum(admitted - 1, 0)
-            hit = admitted > 0
-            recall = np.where(hit, tp[np.arange(tp.shape[0]), last] / pos, 0.0)
-            threshold = np.where(hit, self.thresholds[last], math.inf)
+            auc_pr = precision_sum / pos
+            roc_auc = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+            recall = np.where(hit, tp[np.arange(draws), last] / pos, 0.0)
+        threshold = np.where(hit, self.thresholds[last], math.inf)
         both = (pos > 0) & (neg > 0)
         return {
             "auc_pr": np.where(pos > 0, auc_pr, math.nan),
             "roc_auc": np.where(both, roc_auc, math.nan),
             "recall_at_fpr": np.where(both, recall, math.nan),
             "threshold": np.where(both, threshold, math.nan),
-            "positive_rate": pos / n if n else np.full(pos.shape, math.nan),
+            "positive_rate": pos / n,
         }
 
     def sparse_metrics(
@@ -301,30 +330,64 @@ class Ranking:
             return {name: nan for name in ESTIMATED} | {"positive_rate": pos / max(n, 1)}
         group = self.group[position]
         # positives sharing a draw and a group are tied: all count as reached together
-        new = np.r_[True, (draw[1:] != draw[:-1]) | (group[1:] != group[:-1])]
-        first = np.flatnonzero(new)
-        last = np.r_[first[1:], draw.size] - 1
+        new = np.ones(draw.size, dtype=bool)
+        new[1:] = (draw[1:] != draw[:-1]) | (group[1:] != group[:-1])
+        last = np.append(np.flatnonzero(new)[1:], draw.size) - 1
         run = np.cumsum(new) - 1
         offsets = np.r_[0, np.cumsum(pos)[:-1]].astype(np.int64)
         tp = (last - offsets[draw[last]] + 1).astype(np.float64)[run]  # positives >= threshold
-        d_tp = (last - first + 1).astype(np.float64)[run]
         above = self.above[group]
-        fp = above - tp
-        d_fp = (above - np.r_[0.0, self.above[:-1]][group]) - d_tp
-        neg_of = neg[draw]
         with np.errstate(divide="ignore", invalid="ignore"):
             auc_pr = np.bincount(draw, tp / above, draws) / pos
-            roc_auc = np.bincount(draw, neg_of - fp + 0.5 * d_fp, draws) / (pos * neg)
+            rank_sum = np.bincount(draw, self.ranks[position], draws)
+            roc_auc = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
             # a positive is caught at the best admissible threshold iff its own group's
-            # false-positive rate is admissible (that rate only grows down the ranking)
-            recall = np.bincount(draw, (fp / neg_of <= target_fpr).astype(float), draws) / pos
+            # false-positive count is admissible (that count only grows down the ranking)
+            caught = above - tp <= _most_false_positives(neg, target_fpr)[draw]
+            recall = np.bincount(draw, caught.astype(np.float64), draws) / pos
         both = (pos > 0) & (neg > 0)
         return {
             "auc_pr": np.where(pos > 0, auc_pr, math.nan),
             "roc_auc": np.where(both, roc_auc, math.nan),
             "recall_at_fpr": np.where(both, recall, math.nan),
-            "positive_rate": pos / n if n else np.full(draws, math.nan),
+            "positive_rate": pos / n,
         }
+
+
+def _most_false_positives(
+    negatives: npt.NDArray[np.float64], target_fpr: float
+) -> npt.NDArray[np.float64]:
+    """Per entry, the largest whole f with f / negatives <= target_fpr as computed in float64
+    (so a count compare gives exactly what the rate compare would). -1 with no negatives."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.floor(target_fpr * negatives)
+        f = np.where((f + 1) / negatives <= target_fpr, f + 1, f)  # rounding put f one low
+        f = np.where(f / negatives > target_fpr, f - 1, f)  # or one high
+    return np.where(negatives > 0, f, -1.0)
+
+
+def _sampled_metrics(
+    ranked: Ranking,
+    p: npt.NDArray[np.float64],
+    draws: int,
+    rng: np.random.Generator,
+    target_fpr: float,
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Metrics of `draws` label vectors y[i] ~ Bernoulli(p[i]), `p` in `ranked` order.
+
+    Rare positives (fraud) are drawn sparsely and the metrics summed over positives; common
+    ones get a uniform per row and draw, in chunks of about _CELLS, in float32."""
+    if p.size == 0 or p.mean() <= _SPARSE:
+        draw, position = _draw_positives(p, draws, rng)
+        return ranked.sparse_metrics(draw, position, draws, target_fpr)
+    p32 = p.astype(np.float32)
+    step = max(1, _CELLS // p.size)
+    parts = []
+    for start in range(0, draws, step):
+        # consecutive draws read consecutive stretches of the stream: chunking changes nothing
+        y = rng.random((min(step, draws - start), p.size), dtype=np.float32) < p32
+        parts.append(ranked.metrics(y, target_fpr, np.float32))
+    return {name: np.concatenate([part[name] for part in parts]) for name in ESTIMATED}
 
 
 def _draw_positives(
@@ -450,8 +513,9 @@ def estimate_performance(
             f"got {p.min():g} to {p.max():g}. Pass IsotonicCalibrator.fit(reference...)."
         )
     ranked = Ranking.of(s)
-    draw, position = _draw_positives(p[ranked.order], draws, np.random.default_rng(seed))
-    found = ranked.sparse_metrics(draw, position, draws, target_fpr)
+    found = _sampled_metrics(
+        ranked, p[ranked.order], draws, np.random.default_rng(seed), target_fpr
+    )
     names = ("auc_pr", "roc_auc", "recall_at_fpr", "positive_rate")
     summary = {name: _summarise(found[name], levels) for name in names}
     rate = summary["positive_rate"]

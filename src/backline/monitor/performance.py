@@ -123,14 +123,19 @@ def join_labels(
     keep = time_ok & value_ok & _valid(label_ids)
     keep &= times <= _instant(as_of, unit, "as_of")
 
+    # One hash pass gives every id, in either table, a code (its index in a shared dictionary).
+    codes = _codes(pa.concat_arrays([label_ids, pred_ids]))
+    label_codes, pred_codes = codes[: len(label_ids)], codes[len(label_ids) :]
     kept = np.flatnonzero(keep)
-    order = kept[np.argsort(times[kept], kind="stable")]  # arrival order; ties: row order
-    # The latest arrival per id is the highest position in `order`.
-    ranked = pa.table({"id": label_ids.take(pa.array(order)), "at": np.arange(order.size)})
-    latest = ranked.group_by("id").aggregate([("at", "max")])
-    winners = order[latest.column("at_max").to_numpy()]
-    at = pc.index_in(pred_ids, value_set=latest.column("id").combine_chunks(), skip_nulls=True)
-    label = pa.array(values[winners], pa.bool_()).take(at)
+    code, when = label_codes[kept], times[kept]
+    # per code: the latest arrival, then among the labels that arrived then, the last row
+    latest = np.full(int(codes.max(initial=-1)) + 1, np.iinfo(np.int64).min)
+    np.maximum.at(latest, code, when)
+    last_row = np.full(latest.size + 1, -1)  # the extra -1 at the end answers code -1 (null)
+    at_latest = when == latest[code]
+    np.maximum.at(last_row, code[at_latest], kept[at_latest])
+    winner = last_row[pred_codes]  # -1: no label (yet)
+    label = pa.array(values[np.maximum(winner, 0)] if values.size else winner > 0, mask=winner < 0)
 
     if negative_after is not None:
         if negative_after < timedelta(0):
@@ -182,6 +187,12 @@ def _matching_ids(
         f"join_labels: {name!r} is {p.type} in predictions but {q.type} in labels; ids must "
         "both be strings or both integers. Cast one of them first."
     )
+
+
+def _codes(ids: pa.Array) -> npt.NDArray[np.int64]:
+    """Dictionary codes of `ids` (equal ids, equal codes); -1 for null."""
+    indices = pc.dictionary_encode(ids).indices
+    return np.asarray(pc.fill_null(indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _valid(array: pa.Array) -> npt.NDArray[np.bool_]:
