@@ -592,3 +592,13 @@ def test_cohort_argument_errors() -> None:
 def test_realised_metrics_of_nothing_are_nan() -> None:
     m = realised_metrics([], [])
     assert m.rows == 0 and math.isnan(m.auc_pr) and math.isnan(m.positive_rate)
+
+
+def test_cohort_arguments_are_checked_before_any_work() -> None:
+    table = joined_table([T0], [0.5], [None])  # immature: realised metrics never computed
+    with pytest.raises(InvalidArgument, match=r"drift_metrics.*'ece'"):
+        cohort_performance(table, window=timedelta(days=1), drift_metrics=("ece",))
+    with pytest.raises(InvalidArgument, match="target_fpr"):
+        cohort_performance(table, window=timedelta(days=1), target_fpr=-0.1)
+    with pytest.raises(InvalidArgument, match="no time zone"):
+        cohort_performance(table, window=timedelta(days=1), origin=datetime(2026, 1, 1))

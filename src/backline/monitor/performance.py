@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -108,7 +108,13 @@ def join_labels(
     Ids may be strings or integers (of either table's width); timestamps any unit and any time
     zone, compared as instants. Rows keep their order; predictions are never dropped.
     """
-    _require(predictions, (id_column,), "predictions")
+    if negative_after is not None and negative_after < timedelta(0):
+        raise InvalidArgument(
+            f"join_labels: negative_after = {negative_after} is negative; pass a duration "
+            "such as timedelta(days=120), or None."
+        )
+    with_time = (time_column,) if negative_after is not None else ()
+    _require(predictions, (id_column, *with_time), "predictions")
     _require(labels, (id_column, label_column, label_time_column), "labels")
     if output_column in predictions.column_names:
         raise SchemaError(
@@ -138,11 +144,6 @@ def join_labels(
     label = pa.array(values[np.maximum(winner, 0)] if values.size else winner > 0, mask=winner < 0)
 
     if negative_after is not None:
-        if negative_after < timedelta(0):
-            raise InvalidArgument(
-                f"join_labels: negative_after = {negative_after} is negative; pass a duration "
-                "such as timedelta(days=120), or None."
-            )
         scored, scored_unit, scored_ok = _timestamps(predictions, time_column, "predictions")
         matured = scored_ok & (scored <= _instant(as_of - negative_after, scored_unit, "as_of"))
         label = pc.if_else(pc.and_(pc.is_null(label), pa.array(matured)), False, label)
@@ -296,7 +297,8 @@ def realised_metrics(
             f"realised_metrics: got {y.size} labels for {s.size} scores; pass one 0/1 label per "
             "score."
         )
-    m = Ranking.of(s).metrics(y[np.argsort(-s, kind="stable")][None, :] == 1, target_fpr)
+    ranked = Ranking.of(s)
+    m = ranked.metrics(y[ranked.order][None, :] == 1, target_fpr)
     probability = s.size > 0 and s.min() >= 0.0 and s.max() <= 1.0
     return RealisedMetrics(
         rows=int(y.size),
@@ -392,7 +394,7 @@ class CohortPerformance:
     realised: RealisedMetrics | None
     estimate: PerformanceEstimate | None = None
     """Estimate for all the cohort's rows (with a calibrator), available from the first row."""
-    concept_drift: ConceptDrift | None = field(default=None)
+    concept_drift: ConceptDrift | None = None
     """Realised against an estimate of the labelled rows (mature cohorts with a calibrator)."""
 
 
@@ -428,6 +430,13 @@ def cohort_performance(
     if not 0.0 < min_coverage <= 1.0:
         raise InvalidArgument(
             f"cohort_performance: min_coverage = {min_coverage}; pass a share in (0, 1], e.g. 0.9."
+        )
+    check_fpr(target_fpr)
+    unknown = [name for name in drift_metrics if name not in ESTIMATED]
+    if unknown:
+        raise InvalidArgument(
+            f"cohort_performance: drift_metrics {unknown} cannot be estimated; choose from "
+            f"{', '.join(ESTIMATED)}."
         )
     _require(joined, (score_column, label_column, time_column), "joined predictions")
     times, unit, time_ok = _timestamps(joined, time_column, "joined predictions")
