@@ -21,6 +21,7 @@ import pytest
 from backline.core.config import AlertRuleSpec, MonitorSection, NotifierSpec
 from backline.core.errors import InvalidArgument
 from backline.monitor.alerts import Alert, AlertEngine, State, fingerprint
+from backline.monitor.metrics import MonitorMetrics
 from backline.monitor.notify import (
     ZERO_TIME,
     AlertmanagerNotifier,
@@ -199,6 +200,21 @@ def test_a_receiver_that_keeps_failing_is_counted_kept_and_sent_first_next_time(
         ("Drift", "resolved"),
         ("Perf", "firing"),
     ]
+
+
+def test_a_failed_delivery_is_counted_in_the_gauges(receiver: Receiver) -> None:
+    receiver.statuses = [500]
+    gauges = MonitorMetrics()
+    rules = [AlertRuleSpec(name="Drift", metric="m", op=">", threshold=1)]
+    engine = AlertEngine(rules)
+    changes = engine.observe(T0, {"m": 5})
+    hook = WebhookNotifier(receiver.url, retries=0)
+    (failed,) = notify_all([hook], changes, engine.firing(), metrics=gauges)
+    assert not failed.ok
+    (ok,) = notify_all([hook], [], engine.firing(), metrics=gauges)  # the backlog goes through
+    assert ok.ok and ok.alerts == 1
+    text = gauges.exposition().decode()
+    assert 'backline_alert_notifications_failed_total{notifier="webhook"} 1.0' in text
 
 
 def test_a_client_error_is_not_retried(receiver: Receiver) -> None:

@@ -2,7 +2,7 @@
 
     notifiers = build_notifiers(cfg.monitor, root=cfg.root)
     changes = engine.observe(window_end, metrics)
-    deliveries = notify_all(notifiers, changes, engine.firing())
+    deliveries = notify_all(notifiers, changes, engine.firing(), metrics=gauges)
     failed = [d for d in deliveries if not d.ok]       # counted, logged; the monitor goes on
 
 Three kinds, one per ``[[monitor.notify]]`` table:
@@ -46,6 +46,7 @@ from typing import Any
 from backline.core.config import MonitorSection, NotifierSpec
 from backline.core.errors import InvalidArgument
 from backline.monitor.alerts import Alert, Clock, State, Transition, utc_now
+from backline.monitor.metrics import MonitorMetrics
 
 log = logging.getLogger("backline.monitor.notify")
 
@@ -186,7 +187,6 @@ def _newest(alerts: list[Alert]) -> list[Alert]:
     """One alert per label set, the last one given, in first-seen order."""
     latest: dict[str, Alert] = {}
     for alert in alerts:
-        latest.pop(alert.fingerprint, None)
         latest[alert.fingerprint] = alert
     return list(latest.values())
 
@@ -429,13 +429,21 @@ def build_notifiers(
 
 
 def notify_all(
-    notifiers: Sequence[Notifier], changes: Sequence[Transition], firing: Sequence[Alert] = ()
+    notifiers: Sequence[Notifier],
+    changes: Sequence[Transition],
+    firing: Sequence[Alert] = (),
+    *,
+    metrics: MonitorMetrics | None = None,
 ) -> list[Delivery]:
     """Send one window's outcome: the alerts that fired or resolved to every notifier, and the
-    ones still firing to those that want them resent (Alertmanager)."""
+    ones still firing to those that want them resent (Alertmanager). A failed delivery is
+    counted in `metrics` (backline_alert_notifications_failed_total{notifier=KIND})."""
     changed = [t.alert for t in changes if t.notify]
     out = []
     for notifier in notifiers:
         alerts = changed + list(firing) if notifier.resend_firing else changed
-        out.append(notifier.send(alerts))
+        delivery = notifier.send(alerts)
+        if not delivery.ok and metrics is not None:
+            metrics.notification_failed(notifier.kind)
+        out.append(delivery)
     return out
