@@ -57,7 +57,7 @@ ESTIMATED = ("auc_pr", "roc_auc", "recall_at_fpr", "positive_rate")
 """Metrics `estimate_performance` estimates (and concept-drift checks can compare)."""
 _DENSE = 0.1
 """In sparse drawing, rows with a probability above this still get one uniform per draw."""
-_SPARSE = 0.02
+_SPARSE = 0.08
 """Positives are drawn sparsely while the expected positive rate is at most this; above it,
 one uniform per row and draw is cheaper than bookkeeping per positive."""
 _CELLS = 1 << 20
