@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from backline import __version__
-from backline.cli import bench, data, demo, features, models, serve, train
+from backline.cli import bench, data, demo, features, models, monitor, serve, train
 from backline.cli.common import cli_name
 from backline.core.console import err
 from backline.core.errors import BacklineError
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_commands(sub)
     models.add_commands(sub)
     serve.add_commands(sub)
+    monitor.add_commands(sub)
     bench.add_commands(sub)
     data.add_doctor(sub)
     demo.add_commands(sub)

@@ -25,12 +25,13 @@ import pyarrow as pa
 from backline.core.actor import audit_actor
 from backline.core.config import Config
 from backline.core.errors import NotFoundError, StoreError
+from backline.core.files import atomic_path
 from backline.core.uris import check_reachable
 from backline.monitor.profile import ReferenceProfile, profile_from_arrow
+from backline.monitor.reference import MonitorReference
 from backline.package.export import package
 from backline.package.preprocess import Preprocessor
 from backline.package.reader import (
-    PackageFile,
     ServingPackage,
     _sha256,
     load_package,
@@ -114,8 +115,9 @@ def _package_and_register(
             model, pre, ts.holdout, folder, target_fpr=cfg.train.target_fpr, label_column=ts.label
         )
     )
+    files = {**pkg.artifacts(), MONITOR_ARTIFACT: _monitor_artifact(ts, folder, result.run_dir)}
     with open_registry(cfg) as registry:
-        existing = _registered(registry, model_name, pkg, result)
+        existing = _registered(registry, model_name, files, result)
     if existing is not None:
         return Registered(result, pkg, existing, already_registered=True)
     lineage = Lineage(
@@ -137,7 +139,7 @@ def _package_and_register(
     with open_registry(cfg) as registry:
         version = registry.register(
             model_name,
-            pkg.artifacts(),
+            files,
             lineage,
             actor=audit_actor(actor),
             description=f"run {result.run_id}: {result.steps} steps on {ts.train.num_rows:,} examples",
@@ -200,14 +202,11 @@ def check_stores(cfg: Config) -> None:
 
 
 def _registered(
-    registry: Registry, model_name: str, pkg: ServingPackage, result: TrainResult
+    registry: Registry, model_name: str, files: dict[str, Path], result: TrainResult
 ) -> ModelVersion | None:
-    """The version that already holds this run's package, if any: same files (content digest),
-    same training set and same checkpoint."""
-    digest = content_digest(
-        (name, f.sha256 if (f := _file(pkg, name)) else _sha256(path))
-        for name, path in pkg.artifacts().items()
-    )
+    """The version that already holds this run's files (the package and the monitoring
+    reference: content digest), from the same training set and checkpoint, if any."""
+    digest = content_digest((name, _sha256(path)) for name, path in files.items())
     try:
         versions = registry.list_versions(model_name)
     except NotFoundError:
@@ -223,10 +222,6 @@ def _registered(
     return None
 
 
-def _file(pkg: ServingPackage, name: str) -> PackageFile | None:
-    return next((f for f in pkg.files if f.name == name), None)
-
-
 def _training_set(cfg: Config, result: TrainResult) -> TrainingSet:
     ts = build_training_set(cfg, service=result.service, cutoff=result.cutoff)
     if ts.digest != result.training_set_digest:
@@ -236,6 +231,34 @@ def _training_set(cfg: Config, result: TrainResult) -> TrainingSet:
             "Train again to register a version."
         )
     return ts
+
+
+MONITOR_ARTIFACT = "monitor.json"
+"""The version's monitoring reference beyond its profile (`backline.monitor.reference`)."""
+
+MONITOR_SAMPLE_ROWS = 20_000
+"""Training rows the multivariate drift detector is fitted on (a seeded sample)."""
+
+
+def _monitor_artifact(ts: TrainingSet, folder: Path, run_dir: Path) -> Path:
+    """Write the version's monitoring reference: a calibrator of its scores fitted on the
+    holdout (to estimate performance before labels arrive) and a multivariate drift detector
+    fitted on a sample of its numeric training inputs. Deterministic for a given run, so
+    registering the same run again finds the same files."""
+    scores = np.asarray(load_package(folder).score(ts.holdout), dtype=np.float64)
+    labels = np.asarray(ts.holdout.column(ts.label).to_numpy(zero_copy_only=False), dtype=bool)
+    train = ts.train.select(list(ts.numeric_features))
+    if train.num_rows > MONITOR_SAMPLE_ROWS:
+        rng = np.random.default_rng(0)
+        take = np.sort(rng.choice(train.num_rows, MONITOR_SAMPLE_ROWS, replace=False))
+        train = train.take(pa.array(take))
+    reference = MonitorReference.fit(
+        holdout_scores=scores, holdout_labels=labels, training_rows=train
+    )
+    path = run_dir / MONITOR_ARTIFACT
+    with atomic_path(path) as tmp:
+        tmp.write_text(reference.to_json(), encoding="utf-8")
+    return path
 
 
 def _reference_profile(ts: TrainingSet, folder: Path) -> ReferenceProfile:

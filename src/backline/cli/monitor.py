@@ -1,0 +1,109 @@
+"""`backline monitor`: drift, delayed-label performance and alerts over the prediction log
+(backline.pipeline.monitor); `backline monitor report`: the HTML dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from backline.cli.common import _positive, _project
+from backline.core.console import err, out
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="check new windows of the prediction log for drift and decay; fire alerts",
+        description=(
+            "Process the windows of the prediction log completed since the last pass: drift of "
+            "every input and of the score against the served version's training data, label "
+            "coverage and performance as late labels arrive, the [[monitor.alerts]] rules, "
+            "notifiers and retraining requests. Without --once it runs a pass every --interval "
+            "seconds until Ctrl-C."
+        ),
+    )
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.add_argument("--model", metavar="NAME", help="only this model (default: every model logged)")
+    p.add_argument(
+        "--interval",
+        type=_positive(float, "--interval"),
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between passes without --once (60)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the monitor's Prometheus gauges on this port (without --once)",
+    )
+    p.set_defaults(func=cmd_monitor)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    r = actions.add_parser(
+        "report",
+        help="write the self-contained HTML monitoring dashboard",
+        description="Write the monitoring dashboard (plots of drift, distributions, scores, "
+        "latency, labels and alerts) as one HTML file that works offline.",
+    )
+    r.add_argument("--out", required=True, metavar="FILE", help="where to write the HTML")
+    r.add_argument("--model", metavar="NAME", help="the model (default: the first logged)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from backline.core.config import load_config
+    from backline.pipeline.monitor import Monitor
+
+    cfg = load_config(_project(args))
+    monitor = Monitor(cfg)
+    if args.metrics_port is not None and not args.once:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=monitor.metrics.registry)
+        out.print(f"Monitor metrics on http://127.0.0.1:{args.metrics_port}/metrics")
+    while True:
+        results = monitor.run_once(args.model)
+        if not results:
+            out.print(
+                "No predictions logged yet: start `backline serve` and send it requests, then "
+                "run `backline monitor --once` again."
+            )
+        for result in results:
+            _print(result)
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+def _print(result: Any) -> None:
+    windows = result.windows
+    if not windows:
+        out.print(f"{result.model}: no window completed since the last pass.")
+    else:
+        drifted = sorted({name for w in windows for name in w.drifted})
+        out.print(
+            f"{result.model}: {len(windows)} window(s) checked, "
+            f"{windows[0].start:%Y-%m-%d %H:%M} to {windows[-1].end:%Y-%m-%d %H:%M} UTC; "
+            + (f"drifted: {', '.join(drifted)}" if drifted else "no drift"),
+            highlight=False,
+            soft_wrap=True,
+        )
+    for change in result.changes:
+        if change.notify:
+            out.print(f"  alert {change.rule}: {change.before} -> {change.after}", highlight=False)
+    if result.retrain_requested:
+        out.print("  retraining requested (see .backline/monitor/<model>/retrain-requests.jsonl)")
+    for note in result.notes:
+        err.print(f"  note: {note}", highlight=False, soft_wrap=True)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from backline.core.config import load_config
+    from backline.pipeline.monitor import Monitor
+
+    cfg = load_config(_project(args))
+    path = Monitor(cfg).write_report(Path(args.out), args.model)
+    out.print(f"Wrote {path}", highlight=False, soft_wrap=True)
+    return 0
