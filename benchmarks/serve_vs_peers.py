@@ -42,7 +42,10 @@ against `scorer.score` on the same rows (sequential and concurrent requests, to 
     2. open loop (Poisson arrivals), a rate sweep around that maximum: goodput at the SLO, the
        highest offered rate whose p99 <= --slo-ms (20) with < 1% errors, reported as the
        requests per second answered within the SLO at that rate
-    3. open loop at 10% of backline's maximum (of this run): p50 and p99 at low load
+    3. open loop at 10% of backline's maximum (of this run), or --low-rate: p50 and p99 at
+       low load. When backline's 10% is beyond the unbatched FastAPI's saturation (it is
+       here: ~290/s against ~240/s), pass --low-rate at 10% of FastAPI's maximum (25) so
+       that both are compared unsaturated.
 
 An open-loop point lasts --duration, or longer at a low rate so that its p99 rests on 2,000
 requests (500 with --quick), at most three times --duration.
