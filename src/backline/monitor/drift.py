@@ -322,6 +322,8 @@ class _Calibration:
     anchor_p: float
     shape: float
     scale: float
+    hazard: float
+    """The fitted gamma's hazard rate at the anchor: how fast the tail beyond it decays."""
 
 
 class DriftDetector:
@@ -534,17 +536,18 @@ def _calibrate(
         shape, scale = mean**2 / variance, variance / mean
     else:  # a degenerate null (one bucket holds everything): the asymptotic chi-square
         shape, scale = max(n_groups - 1, 1) / 2, 2.0
-    return _Calibration(groups, boot, anchor, anchor_p, shape, scale)
+    log_hazard = stats.gamma.logpdf(anchor, shape, scale=scale) - stats.gamma.logsf(
+        anchor, shape, scale=scale
+    )
+    hazard = float(np.exp(log_hazard)) if np.isfinite(log_hazard) else 1 / scale
+    return _Calibration(groups, boot, anchor, anchor_p, shape, scale, hazard)
 
 
 def _p_value(statistic: float, cal: _Calibration) -> float:
     if statistic <= cal.anchor:
         exceed = cal.boot.size - int(np.searchsorted(cal.boot, statistic, side="left"))
         return (1 + exceed) / (cal.boot.size + 1)
-    tail = stats.gamma.logsf(statistic, cal.shape, scale=cal.scale) - stats.gamma.logsf(
-        cal.anchor, cal.shape, scale=cal.scale
-    )
-    return float(min(cal.anchor_p, cal.anchor_p * math.exp(tail)))
+    return float(cal.anchor_p * math.exp(-cal.hazard * (statistic - cal.anchor)))
 
 
 def _homogeneity(r: np.ndarray, w: np.ndarray, big_n: float, n: float) -> np.ndarray:
