@@ -10,6 +10,7 @@ from typing import Any
 
 from backline.cli.common import _positive, _project
 from backline.core.console import err, out
+from backline.core.errors import UsageError
 
 
 def add_commands(sub: Any) -> None:
@@ -48,7 +49,12 @@ def add_commands(sub: Any) -> None:
         "latency, labels and alerts) as one HTML file that works offline.",
     )
     r.add_argument("--out", required=True, metavar="FILE", help="where to write the HTML")
-    r.add_argument("--model", metavar="NAME", help="the model (default: the first logged)")
+    r.add_argument(
+        "--model",
+        metavar="NAME",
+        default=argparse.SUPPRESS,  # keeps `monitor --model NAME report`
+        help="the model (default: the first logged)",
+    )
     r.set_defaults(func=cmd_report)
 
 
@@ -56,12 +62,27 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from backline.core.config import load_config
     from backline.pipeline.monitor import Monitor
 
+    if args.metrics_port is not None and args.once:
+        raise UsageError(
+            "--metrics-port serves the gauges while the monitor keeps running; leave it out with "
+            "--once (the pass ends at once), or drop --once."
+        )
     cfg = load_config(_project(args))
     monitor = Monitor(cfg)
-    if args.metrics_port is not None and not args.once:
+    if args.model is not None:
+        monitor.check_model(args.model)
+    if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=monitor.metrics.registry)
+        try:
+            start_http_server(
+                args.metrics_port, addr="127.0.0.1", registry=monitor.metrics.registry
+            )
+        except OSError as exc:
+            raise UsageError(
+                f"--metrics-port {args.metrics_port}: cannot listen on 127.0.0.1:"
+                f"{args.metrics_port} ({exc.strerror or exc}). Choose a free port."
+            ) from None
         out.print(f"Monitor metrics on http://127.0.0.1:{args.metrics_port}/metrics")
     while True:
         results = monitor.run_once(args.model)
@@ -71,13 +92,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 "run `backline monitor --once` again."
             )
         for result in results:
-            _print(result)
+            _print(result, monitor.folder(result.model))
         if args.once:
             return 0
         time.sleep(args.interval)
 
 
-def _print(result: Any) -> None:
+def _print(result: Any, folder: Path) -> None:
     windows = result.windows
     if not windows:
         out.print(f"{result.model}: no window completed since the last pass.")
@@ -92,9 +113,19 @@ def _print(result: Any) -> None:
         )
     for change in result.changes:
         if change.notify:
-            out.print(f"  alert {change.rule}: {change.before} -> {change.after}", highlight=False)
+            feature = change.alert.labels.get("feature")
+            which = f"{change.rule}{{feature={feature}}}" if feature else change.rule
+            out.print(
+                f"  alert {which}: {change.before} -> {change.after} (window ending "
+                f"{change.window_end:%Y-%m-%d %H:%M} UTC)",
+                highlight=False,
+            )
     if result.retrain_requested:
-        out.print("  retraining requested (see .backline/monitor/<model>/retrain-requests.jsonl)")
+        out.print(
+            f"  retraining requested: {folder / 'retrain-requests.jsonl'}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for note in result.notes:
         err.print(f"  note: {note}", highlight=False, soft_wrap=True)
 
@@ -103,7 +134,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from backline.core.config import load_config
     from backline.pipeline.monitor import Monitor
 
+    target = Path(args.out)
+    if not target.parent.is_dir():
+        raise UsageError(
+            f"--out {args.out}: the folder {target.parent} does not exist; create it first or "
+            "write the report elsewhere."
+        )
+    if target.is_dir():
+        raise UsageError(
+            f"--out {args.out} is a folder; name a file, e.g. {target / 'report.html'}."
+        )
     cfg = load_config(_project(args))
-    path = Monitor(cfg).write_report(Path(args.out), args.model)
+    path = Monitor(cfg).write_report(target, getattr(args, "model", None))
     out.print(f"Wrote {path}", highlight=False, soft_wrap=True)
     return 0

@@ -8,10 +8,13 @@ reference, late labels joined, alert rules stepped, notifiers called, retraining
 
 What a pass does, per model that has predictions:
 
-1. Reads the prediction log's rows since the last processed window (`predictions`, the
-   server's log) and cuts them into windows: spans of event time aligned to the epoch
-   ("1h": each hour), or runs of N rows. A time window is processed once it is complete: a
-   later row has been logged, or a whole window length of wall time has passed since its end.
+1. Reads the prediction log's rows since the last processed window (the server's log,
+   docs/prediction-log.md) and cuts them into windows: spans of `scored_at` aligned to the
+   epoch ("1h": each hour, "1d": each UTC day), or runs of N rows (a run is extended over rows
+   that share its last `scored_at`, so the next pass can start at a time). A time window is
+   processed once it is complete: a later row has been logged, or a whole window length of
+   wall time has passed since its end. A row logged after its window was processed is not
+   counted (the watermark only moves forward).
 2. For each window and the version that served most of its rows: the version's reference
    profile (in its lineage) and monitoring reference (`monitor.json`: calibrator and
    multivariate detector, `backline.monitor.reference`) from the registry; the window's
@@ -30,34 +33,47 @@ Metrics a window publishes, for [[monitor.alerts]] rules:
     rows                       predictions in the window
     drift.features_drifted     input features that drifted (significant and over the floor)
     drift.share_drifted        the same, as a share of the inputs
-    drift.score                effect size of the score's drift (normalised Wasserstein)
-    drift.score_drifted        1 when the score's distribution drifted
+    drift.score{feature=NAME}  each input's effect size (normalised Wasserstein for a number,
+                               total variation for a category): one alert per feature
+    drift.prediction           effect size of the model's score drift (normalised Wasserstein)
+    drift.prediction_drifted   1 when the score's distribution drifted
     drift.multivariate         joint-shift statistic (1.0 = as in training), when fitted
     drift.multivariate_drifted 1 when it alarmed
     latency_p50_ms, latency_p99_ms
-    label_coverage             coverage of the newest window old enough to be labelled
-    performance.auc_pr         realised AUC-PR of the newest mature window
+    label_coverage             labelled share of the newest window that ended at least
+                               `label_window` (45 days) ago: below 1 means the label feed is late
+    performance.auc_pr         realised AUC-PR of the newest mature window (coverage >= 0.9)
     performance.auc_pr_expected  the estimate for the same rows
     performance.auc_pr_drop    expected minus realised
     performance.concept_drift  1 when realised fell below the estimate's interval
 
-Performance metrics ride on the last window of the pass that computed them (alert rules see
-each window once, in order). State lives under `.backline/monitor/<model>/`: `state.json` (the
-last processed window, the alert rules' states, the retrain cooldown), `windows.jsonl` (one
-record per window, with its profile, so days can be merged without rereading rows),
-`alerts.jsonl` and `retrain-requests.jsonl` (what the scheduler picks up).
+Label and performance metrics ride on the last window of the pass that computed them (alert
+rules see each window once, in order), and stay absent until there are labels to say
+something: an alert on them holds its state meanwhile. State lives under
+`.backline/monitor/<model>/`: `state.json` (the last processed window, the alert rules' states,
+the retrain cooldown), `windows.jsonl` (one record per window, with its profile, so days can be
+merged without rereading rows), `performance.json` (every recent window's label coverage and
+performance), `alerts.jsonl` and `retrain-requests.jsonl` (what the scheduler picks up).
+
+The pass reads the log's files directly, only the date partitions it needs, rather than the
+`predictions` view of `backline sql`: the view binds every file of the log (one per flush per
+server worker) each time it is opened, which grows with the log's age.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -65,8 +81,17 @@ import pyarrow.compute as pc
 from backline.core.config import Config
 from backline.core.errors import NotFoundError, SchemaError
 from backline.core.files import atomic_path
+from backline.core.types import arrow_type
 from backline.core.workspace import STATE_DIR
-from backline.monitor.alerts import Alert, AlertEngine, RetrainTrigger, Transition, utc_now
+from backline.data.offline_store import PREDICTIONS_DIR, PREDICTIONS_PARTITION
+from backline.monitor.alerts import (
+    Alert,
+    AlertEngine,
+    RetrainTrigger,
+    Transition,
+    series,
+    utc_now,
+)
 from backline.monitor.drift import DriftDetector, DriftReport
 from backline.monitor.metrics import MonitorMetrics
 from backline.monitor.notify import Notifier, build_notifiers, notify_all
@@ -86,8 +111,12 @@ from backline.monitor.report import (
 from backline.monitor.window import profile_window
 
 MONITOR_ARTIFACT = "monitor.json"
-LOOKBACK_WINDOWS = 24 * 60
-"""Windows of predictions the label join looks back over (60 days of hourly windows)."""
+LOOKBACK = timedelta(days=60)
+"""How far back (in event time) the label join looks for predictions to label."""
+LABEL_WINDOW = timedelta(days=45)
+"""By when a window's labels should all have arrived (the fraud example: chargebacks within
+about 12 days, confirmations of legitimate transactions within 40): `label_coverage` is
+measured on the newest window this old."""
 MIN_COVERAGE = 0.9
 DISTRIBUTIONS = 6
 """Drifting features whose reference-against-window bins a record keeps for the report."""
@@ -96,6 +125,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS = {"__score": "score"}
 """Reference names whose log column is not `feature__<name>` or `<name>`: the training
 profile calls the model's output `__score` (backline.pipeline.train.SCORE), the log `score`."""
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""A model name the state folder can be named after (no path separators, no '..')."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +164,9 @@ class Monitor:
     """Runs monitoring passes over a project's prediction log (see the module docstring).
 
     `clock`: wall time (injected in tests). `on_retrain(model, alerts)`: called when retraining
-    is asked for (after the request is written to `retrain-requests.jsonl`)."""
+    is asked for (after the request is written to `retrain-requests.jsonl`); if it raises, the
+    pass goes on, says so in its notes, and the next window asks again. `label_window`: see
+    LABEL_WINDOW."""
 
     def __init__(
         self,
@@ -143,10 +176,12 @@ class Monitor:
         on_retrain: Callable[[str, Sequence[Alert]], object] | None = None,
         notifiers: Sequence[Notifier] | None = None,
         metrics: MonitorMetrics | None = None,
+        label_window: timedelta = LABEL_WINDOW,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.on_retrain = on_retrain
+        self.label_window = label_window
         section = cfg.monitor
         self.notifiers = (
             list(notifiers)
@@ -162,29 +197,68 @@ class Monitor:
     # -- a pass --------------------------------------------------------------------------
 
     def models(self) -> list[str]:
-        con = self._connection()
-        try:
-            rows = con.sql("SELECT DISTINCT model FROM predictions ORDER BY model").fetchall()
-        finally:
-            con.close()
+        """The models the prediction log holds rows of."""
+        files = self._log_files(None)
+        if not files:
+            return []
+        with _duckdb() as con:
+            rows = con.sql(
+                "SELECT DISTINCT model FROM read_parquet(?, union_by_name = true) ORDER BY model",
+                params=[files],
+            ).fetchall()
         return [str(r[0]) for r in rows]
 
     def run_once(self, model: str | None = None) -> list[PassResult]:
         """One pass over every model with predictions (or just `model`)."""
-        names = [model] if model is not None else self.models()
-        return [self._pass(name) for name in names]
+        if model is None:
+            return [self._pass(name) for name in self.models()]
+        self.check_model(model)
+        return [self._pass(model)]
+
+    def check_model(self, model: str) -> None:
+        """NotFoundError unless `model` has predictions or is registered (a model that has not
+        served yet is fine: its pass finds nothing)."""
+        if not _MODEL_NAME.fullmatch(model):
+            raise NotFoundError(
+                f"model name {model!r} is not a registered model's name (letters, digits, '_', "
+                "'.', '-'). See `backline models list`."
+            )
+        logged = self.models()
+        if model in logged:
+            return
+        from backline.registry import open_registry
+
+        with open_registry(self.cfg) as registry:
+            registered = [m.name for m in registry.list_models()]
+        if model in registered:
+            return
+        known = sorted({*logged, *registered})
+        hint = difflib.get_close_matches(model, known, n=1)
+        raise NotFoundError(
+            f"no model named {model!r}: it is not registered and has no predictions logged. "
+            + (f"Did you mean {hint[0]!r}? " if hint else "")
+            + (f"Models: {', '.join(known)}." if known else "No model is registered yet.")
+        )
 
     def _pass(self, model: str) -> PassResult:
         folder = self.folder(model)
         folder.mkdir(parents=True, exist_ok=True)
         state = _load_state(folder / "state.json")
-        rules = self.cfg.monitor.alerts
+        section = self.cfg.monitor
+        labels = {"model": model}
         engine = (
-            AlertEngine.from_json(rules, state["alerts"], labels={"model": model})
+            AlertEngine.from_json(
+                section.alerts,
+                state["alerts"],
+                clock=self.clock,
+                labels=labels,
+                generator_url=section.external_url,
+            )
             if state.get("alerts")
-            else AlertEngine(rules, labels={"model": model})
+            else AlertEngine(
+                section.alerts, clock=self.clock, labels=labels, generator_url=section.external_url
+            )
         )
-        last_retrain = _time(state.get("retrain_at"))
         result = PassResult(model)
 
         def retrain(alerts: Sequence[Alert]) -> None:
@@ -201,23 +275,26 @@ class Monitor:
                 self.on_retrain(model, alerts)
 
         trigger = RetrainTrigger(
-            self.cfg.monitor.retrain_cooldown, retrain, clock=self.clock, last_at=last_retrain
+            section.retrain_cooldown,
+            retrain,
+            clock=self.clock,
+            last_at=_time(state.get("retrain_at")),
         )
         after = _time(state.get("processed_until"))
-        table = self._predictions(model, after)
-        windows = self._windows(table, after)
-        records: list[dict[str, Any]] = []
-        for start, end, rows in windows:
-            done = self._window(model, start, end, rows, result)
-            if done is None:
-                continue
-            result.windows.append(done[0])
-            records.append(done[1])
-        if windows:
-            state["processed_until"] = windows[-1][1].isoformat()
-        performance = self._performance(model, result) if result.windows else None
-        if performance is not None:
-            result.windows[-1].metrics.update(performance)
+        with _duckdb() as con:
+            table = self._predictions(con, model, after)
+            windows = self._windows(table, after)
+            records: list[dict[str, Any]] = []
+            for start, end, rows in windows:
+                done = self._window(model, start, end, rows, result)
+                if done is None:
+                    continue
+                result.windows.append(done[0])
+                records.append(done[1])
+            if windows:
+                state["processed_until"] = windows[-1][1].isoformat()
+            if result.windows:
+                result.windows[-1].metrics.update(self._performance(con, model, result))
         events: list[dict[str, Any]] = []
         for window in result.windows:
             changes = engine.observe(window.end, window.metrics)
@@ -236,7 +313,12 @@ class Monitor:
                 )
             firing = engine.firing()
             notify_all(self.notifiers, changes, firing, metrics=self.metrics)
-            trigger.consider(firing, now=self.clock())
+            try:
+                trigger.consider(firing, now=self.clock())
+            except Exception as exc:  # the hook is the user's: the pass must go on
+                result.notes.append(
+                    f"the retrain hook failed ({exc!r}); the next window asks again"
+                )
             self._gauges(model, window, engine.alerts())
         result.firing = engine.firing()
         self.metrics.pass_done(model, self.clock())
@@ -251,26 +333,30 @@ class Monitor:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _connection(self) -> Any:
-        from backline.data.offline_store import OfflineStore
+    def _log_files(self, since: datetime | None) -> list[str]:
+        """The prediction log's files in the date partitions from `since` on (all without)."""
+        root = self.cfg.store_uri("offline").path
+        assert root is not None  # offline.uri is file:// (checked when the config loads)
+        log = root / PREDICTIONS_DIR
+        first = (
+            None if since is None else f"{PREDICTIONS_PARTITION}={since.astimezone(UTC):%Y-%m-%d}"
+        )
+        files: list[str] = []
+        for folder in sorted(log.glob(f"{PREDICTIONS_PARTITION}=*")):
+            if first is None or folder.name >= first:
+                files.extend(str(f) for f in sorted(folder.glob("*.parquet")))
+        return files
 
-        store = OfflineStore.open(self.cfg)
-        return store.connect_duckdb(self.cfg.sources.values())
-
-    def _predictions(self, model: str, after: datetime | None) -> pa.Table:
-        con = self._connection()
-        try:
-            query = "SELECT * FROM predictions WHERE model = ?"
-            params: list[Any] = [model]
-            if after is not None:
-                query += " AND scored_at >= ?"
-                params.append(after)
-            table = con.sql(
-                query + " ORDER BY scored_at, request_id", params=params
-            ).to_arrow_table()
-        finally:
-            con.close()
-        return table
+    def _predictions(self, con: Any, model: str, after: datetime | None) -> pa.Table:
+        files = self._log_files(after)
+        if not files:
+            return pa.table({})
+        query = "SELECT * FROM read_parquet(?, union_by_name = true) WHERE model = ?"
+        params: list[Any] = [files, model]
+        if after is not None:
+            query += " AND scored_at >= ?"
+            params.append(after)
+        return con.sql(query + " ORDER BY scored_at, request_id", params=params).to_arrow_table()
 
     def _windows(
         self, table: pa.Table, after: datetime | None
@@ -283,12 +369,15 @@ class Monitor:
         section = self.cfg.monitor
         out: list[tuple[datetime, datetime, pa.Table]] = []
         if section.window_rows is not None:
-            size = section.window_rows
-            for k in range(table.num_rows // size):
-                rows = table.slice(k * size, size)
-                start = _from_us(int(us[k * size]))
-                end = _from_us(int(us[(k + 1) * size - 1]) + 1)
-                out.append((start, end, rows))
+            size, a = section.window_rows, 0
+            while a + size <= len(us):
+                # rows sharing the last row's time go with it (a batch is logged with one
+                # time): the next pass starts at a time and must not split them
+                b = int(np.searchsorted(us, us[a + size - 1], side="right"))
+                out.append(
+                    (_from_us(int(us[a])), _from_us(int(us[b - 1]) + 1), table.slice(a, b - a))
+                )
+                a = b
             return out
         span = section.window_span
         assert span is not None
@@ -353,9 +442,12 @@ class Monitor:
             "drift.features_drifted": float(sum(f.drifted for f in inputs)),
             "drift.share_drifted": sum(f.drifted for f in inputs) / max(len(inputs), 1),
         }
+        for f in inputs:
+            if math.isfinite(f.effect):
+                metrics[series("drift.score", feature=f.name)] = float(f.effect)
         if score is not None:
-            metrics["drift.score"] = float(score.effect)
-            metrics["drift.score_drifted"] = float(score.drifted)
+            metrics["drift.prediction"] = float(score.effect)
+            metrics["drift.prediction_drifted"] = float(score.drifted)
         multivariate = threshold = None
         if ref.reference is not None and ref.reference.multivariate is not None:
             try:
@@ -401,35 +493,44 @@ class Monitor:
 
     # -- labels --------------------------------------------------------------------------
 
-    def _performance(self, model: str, result: PassResult) -> dict[str, float] | None:
-        """Label coverage and performance of the recent windows; metrics of the newest."""
+    def _performance(self, con: Any, model: str, result: PassResult) -> dict[str, float]:
+        """Label coverage and performance of the recent windows; the metrics to publish."""
         cfg = self.cfg
         labels_source = cfg.sources.get(cfg.train.label_source)
         entity = cfg.sources.get(cfg.train.entity_source)
         span = cfg.monitor.window_span or timedelta(hours=1)
         if labels_source is None or entity is None or not entity.primary_key:
-            return None
+            return {}
         id_column = entity.primary_key[0]
         now = self.clock()
-        since = result.windows[-1].end - LOOKBACK_WINDOWS * span  # event time, like the log
-        con = self._connection()
+        since = result.windows[-1].end - LOOKBACK  # event time, like the log
+        files = self._log_files(since)
+        label_files = [str(f) for f in self._offline().files("data", labels_source.name)]
+        label_columns = (id_column, cfg.train.label_column, cfg.train.label_time)
         try:
             predictions = con.sql(
-                f'SELECT scored_at, score, "{id_column}" FROM predictions '
-                "WHERE model = ? AND scored_at >= ?",
-                params=[model, since],
+                f'SELECT scored_at, score, "{id_column}" FROM read_parquet(?, union_by_name = '
+                "true) WHERE model = ? AND scored_at >= ?",
+                params=[files, model, since],
             ).to_arrow_table()
-            labels = con.sql(
-                f'SELECT "{id_column}", "{cfg.train.label_column}", "{cfg.train.label_time}" '
-                f'FROM "{cfg.train.label_source}"'
-            ).to_arrow_table()
-        except Exception as exc:  # no id column in the log (clients did not send it), ...
+            if label_files:
+                labels = con.sql(
+                    "SELECT " + ", ".join(f'"{c}"' for c in label_columns) + " FROM "
+                    "read_parquet(?, union_by_name = true)",
+                    params=[label_files],
+                ).to_arrow_table()
+            else:
+                labels = pa.table(
+                    {
+                        c: pa.array([], arrow_type(labels_source.column(c).type))
+                        for c in label_columns
+                    }
+                )
+        except duckdb.Error as exc:  # no id column in the log (clients did not send it), ...
             result.notes.append(f"label join skipped: {str(exc).splitlines()[0]}")
-            return None
-        finally:
-            con.close()
+            return {}
         if predictions.num_rows == 0:
-            return None
+            return {}
         joined = join_labels(
             predictions,
             labels,
@@ -438,22 +539,21 @@ class Monitor:
             label_time_column=cfg.train.label_time,
             as_of=now,
         )
-        version = result.windows[-1].version
-        ref = self._version(model, version)
+        ref = self._version(model, result.windows[-1].version)
         calibrator = ref.reference.calibrator if ref and ref.reference else None
         cohorts = cohort_performance(
             joined, window=span, calibrator=calibrator, min_coverage=MIN_COVERAGE
         )
         _save_json(self.folder(model) / "performance.json", [_cohort_obj(c) for c in cohorts])
         metrics: dict[str, float] = {}
+        due = [c for c in cohorts if c.end <= now - self.label_window]
+        if due:
+            metrics["label_coverage"] = due[-1].coverage
+            self.metrics.label_coverage(model, due[-1].coverage)
         mature = [c for c in cohorts if c.mature and c.realised is not None]
-        if cohorts:
-            newest = cohorts[-1]
-            self.metrics.label_coverage(model, newest.coverage)
         if mature:
             c = mature[-1]
             assert c.realised is not None
-            metrics["label_coverage"] = c.coverage
             metrics["performance.auc_pr"] = c.realised.auc_pr
             if math.isfinite(c.realised.auc_pr):
                 self.metrics.performance(model, "auc_pr", "realised", c.realised.auc_pr)
@@ -463,6 +563,11 @@ class Monitor:
                 metrics["performance.auc_pr_drop"] = check.expected - check.realised
                 metrics["performance.concept_drift"] = float(bool(c.concept_drift))
         return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+    def _offline(self) -> Any:
+        from backline.data.offline_store import OfflineStore
+
+        return OfflineStore.open(self.cfg)
 
     def _gauges(self, model: str, window: WindowResult, alerts: Sequence[Alert]) -> None:
         m = self.metrics
@@ -481,9 +586,10 @@ class Monitor:
 
     def report_data(self, model: str) -> ReportData:
         folder = self.folder(model)
-        records = [
-            WindowRecord.from_dict(o["record"]) for o in _read_lines(folder / "windows.jsonl")
-        ]
+        # a pass that crashed after writing its windows but before its state repeats them:
+        # the last record of a window wins
+        kept = {o["record"]["start"]: o["record"] for o in _read_lines(folder / "windows.jsonl")}
+        records = [WindowRecord.from_dict(r) for r in kept.values()]
         cohorts = {c["start"]: c for c in _read_json(folder / "performance.json", [])}
         merged = []
         for record in records:
@@ -495,6 +601,9 @@ class Monitor:
         return ReportData(model, self.clock(), tuple(merged), tuple(alerts))
 
     def write_report(self, out: Path, model: str | None = None) -> Path:
+        """Write the HTML dashboard of `model` (default: the first model logged)."""
+        if model is not None:
+            self.check_model(model)
         names = [model] if model else self.models()
         if not names:
             return write_report(ReportData("(no predictions yet)", self.clock()), out)
@@ -571,6 +680,16 @@ def _with_labels(record: WindowRecord, cohort: dict[str, Any]) -> WindowRecord:
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
+
+
+@contextlib.contextmanager
+def _duckdb() -> Iterator[Any]:
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        yield con
+    finally:
+        con.close()
 
 
 # -- state files ----------------------------------------------------------------------------
