@@ -135,6 +135,12 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     assert "champion" in shown
     bench = first("backline bench serve")
     assert re.search(r"([\d,]+) sent, \1 answered, \1 ok", bench), bench
+    monitored = first("backline monitor --once")
+    assert re.search(r"fraud: \d+ window\(s\) checked", monitored), monitored
+    assert (
+        "Wrote" in first("backline monitor report")
+        and (tmp_path / "fraud" / "report.html").exists()
+    )
     assert re.search(r"errors\s*│\s*none", bench), bench
 
 
