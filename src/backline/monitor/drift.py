@@ -37,9 +37,11 @@ computed once per size and cached; sizes are rounded to a grid of 8 steps per do
 because the statistic's null barely moves within that.
 
 An empirical p-value resolves down to 1/(n_boot + 1) only, while Benjamini-Hochberg at
-q = 0.001 over 50 features needs about 2e-5. Beyond the 99th percentile of the bootstrap, the
-p-value follows a gamma law fitted to the bootstrap's mean and variance (Satterthwaite's
-scaled chi-square), anchored to the empirical tail at that percentile so the two join.
+q = 0.001 over 50 features needs about 2e-5. Beyond the 99th percentile of the bootstrap (the
+anchor), the p-value decays exponentially from the empirical tail there, at the hazard rate
+of a gamma law fitted to the bootstrap's mean and variance (Satterthwaite's scaled
+chi-square) at the anchor. The two pieces join, the p-value only falls as the statistic
+grows, and the tail does not lean on the gamma's shape far from where the bootstrap saw it.
 
 **The statistics** (`FeatureDrift` reports them all; only chi-square and the effect decide):
 - PSI: sum (w - r) ln(w / r) over proportions, with half a count added to every bucket of both
