@@ -164,6 +164,86 @@ def test_join_labels_matches_a_brute_force_join(
     assert joined.column("score").to_pylist() == list(range(len(pred_keys)))  # order kept
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    unit=st.sampled_from(["s", "ms", "us", "ns"]),
+    pred_keys=st.lists(
+        st.tuples(sometimes_none(st.integers(0, 3)), sometimes_none(st.integers(0, 3))),
+        max_size=25,
+    ),
+    label_rows=st.lists(
+        st.tuples(
+            st.tuples(sometimes_none(st.integers(0, 4)), sometimes_none(st.integers(0, 4))),
+            st.integers(-10, 10),
+            st.booleans(),
+        ),
+        max_size=30,
+    ),
+    as_of_step=st.integers(-10, 10),
+)
+def test_join_labels_on_a_composite_key_matches_a_brute_force_join(
+    unit: str,
+    pred_keys: list[tuple[int | None, int | None]],
+    label_rows: list[tuple[tuple[int | None, int | None], int, bool]],
+    as_of_step: int,
+) -> None:
+    """A (string, integer) key: a label belongs to the prediction whose every part is equal; a
+    null part matches nothing; the same parts in another order are another key."""
+
+    def key(k: tuple[int | None, int | None]) -> tuple[object, object] | None:
+        card, seq = k
+        if card is None or seq is None:
+            return None  # never matches (brute_join skips a None key)
+        return (f"card_{card}", seq)
+
+    base = ns_of(T0) // NS_PER[unit]
+    times = [base + t * max(1, 10**9 // NS_PER[unit]) for _, t, _ in label_rows]
+    as_of = T0 + timedelta(seconds=as_of_step)
+    predictions = pa.table(
+        {
+            "card_id": pa.array(
+                [None if c is None else f"card_{c}" for c, _ in pred_keys], pa.string()
+            ),
+            "seq": pa.array([s for _, s in pred_keys], pa.int64()),
+        }
+    )
+    labels = pa.table(
+        {
+            # the label table's key parts arrive as other widths: large_string, int32
+            "card_id": pa.array(
+                [None if c is None else f"card_{c}" for (c, _), _, _ in label_rows],
+                pa.large_string(),
+            ),
+            "seq": pa.array([s for (_, s), _, _ in label_rows], pa.int32()),
+            "t": pa.array(times, pa.timestamp(unit, "UTC")),
+            "y": pa.array([v for _, _, v in label_rows], pa.bool_()),
+        }
+    )
+    joined = join_labels(
+        predictions,
+        labels,
+        id_column=("card_id", "seq"),
+        label_column="y",
+        label_time_column="t",
+        as_of=as_of,
+    )
+    expected = brute_join(
+        [key(k) for k in pred_keys],
+        [(key(k), t * NS_PER[unit], v) for (k, _, v), t in zip(label_rows, times, strict=True)],
+        ns_of(as_of),
+    )
+    assert joined.column("label").to_pylist() == expected
+
+
+def test_join_labels_rejects_an_empty_or_repeated_composite_key() -> None:
+    table = pa.table({"id": [1], "t": pa.array([0], pa.timestamp("s", "UTC")), "y": [True]})
+    for bad in ((), ("id", "id")):
+        with pytest.raises(InvalidArgument, match="must name one column or several distinct"):
+            join_labels(
+                table, table, id_column=bad, label_column="y", label_time_column="t", as_of=T0
+            )
+
+
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
 def test_join_labels_as_of_between_two_ticks_of_the_column(unit: str) -> None:
     """A label at tick T has arrived at T and after, not a microsecond before."""

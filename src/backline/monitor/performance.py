@@ -84,7 +84,7 @@ def join_labels(
     predictions: pa.Table,
     labels: pa.Table,
     *,
-    id_column: str,
+    id_column: str | Sequence[str],
     label_column: str,
     label_time_column: str,
     as_of: datetime,
@@ -105,33 +105,38 @@ def join_labels(
     `as_of` is taken as negative (False): the window in which a positive could have arrived has
     passed. Leave it None when negatives arrive as labels of their own, as in the example.
 
-    Ids may be strings or integers (of either table's width); timestamps any unit and any time
-    zone, compared as instants. Rows keep their order; predictions are never dropped.
+    `id_column` names the id, or several columns that together make it (a composite key such as
+    ("card_id", "seq")): a label then belongs to the prediction whose every key column is
+    equal, and a null in any of them matches nothing. Ids may be strings or integers (of either
+    table's width); timestamps any unit and any time zone, compared as instants. Rows keep their
+    order; predictions are never dropped.
     """
     if negative_after is not None and negative_after < timedelta(0):
         raise InvalidArgument(
             f"join_labels: negative_after = {negative_after} is negative; pass a duration "
             "such as timedelta(days=120), or None."
         )
+    keys = (id_column,) if isinstance(id_column, str) else tuple(id_column)
+    if not keys or len(set(keys)) != len(keys):
+        raise InvalidArgument(
+            f"join_labels: id_column = {id_column!r} must name one column or several distinct "
+            "ones, e.g. 'transaction_id' or ('card_id', 'seq')."
+        )
     with_time = (time_column,) if negative_after is not None else ()
-    _require(predictions, (id_column, *with_time), "predictions")
-    _require(labels, (id_column, label_column, label_time_column), "labels")
+    _require(predictions, (*keys, *with_time), "predictions")
+    _require(labels, (*keys, label_column, label_time_column), "labels")
     if output_column in predictions.column_names:
         raise SchemaError(
             f"join_labels: predictions already have a column {output_column!r}. Drop it or pass "
             "another output_column=."
         )
-    pred_ids, label_ids = _matching_ids(
-        predictions.column(id_column), labels.column(id_column), id_column
-    )
+    # Every id, in either table, gets a code: equal ids, equal codes; -1 for a null.
+    codes = _key_codes(predictions, labels, keys)
+    label_codes, pred_codes = codes[: labels.num_rows], codes[labels.num_rows :]
     times, unit, time_ok = _timestamps(labels, label_time_column, "labels")
     values, value_ok = _label_values(labels.column(label_column), label_column)
-    keep = time_ok & value_ok & _valid(label_ids)
+    keep = time_ok & value_ok & (label_codes >= 0)
     keep &= times <= _instant(as_of, unit, "as_of")
-
-    # One hash pass gives every id, in either table, a code (its index in a shared dictionary).
-    codes = _codes(pa.concat_arrays([label_ids, pred_ids]))
-    label_codes, pred_codes = codes[: len(label_ids)], codes[len(label_ids) :]
     kept = np.flatnonzero(keep)
     code, when = label_codes[kept], times[kept]
     # per code: the latest arrival, then among the labels that arrived then, the last row
@@ -188,6 +193,26 @@ def _matching_ids(
         f"join_labels: {name!r} is {p.type} in predictions but {q.type} in labels; ids must "
         "both be strings or both integers. Cast one of them first."
     )
+
+
+def _key_codes(
+    predictions: pa.Table, labels: pa.Table, keys: Sequence[str]
+) -> npt.NDArray[np.int64]:
+    """Codes of the labels' keys followed by the predictions' (one hash pass per column over
+    both tables); a composite key's code numbers its distinct tuples; -1 where any part is null."""
+    columns = []
+    for name in keys:
+        pred_ids, label_ids = _matching_ids(predictions.column(name), labels.column(name), name)
+        columns.append(_codes(pa.concat_arrays([label_ids, pred_ids])))
+    if len(columns) == 1:
+        return columns[0]
+    parts = np.stack(columns, axis=1)
+    whole = (parts >= 0).all(axis=1)
+    codes = np.full(parts.shape[0], -1, dtype=np.int64)
+    if whole.any():
+        _, inverse = np.unique(parts[whole], axis=0, return_inverse=True)
+        codes[whole] = inverse.reshape(-1)
+    return codes
 
 
 def _codes(ids: pa.Array) -> npt.NDArray[np.int64]:

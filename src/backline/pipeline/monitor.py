@@ -501,15 +501,17 @@ class Monitor:
         span = cfg.monitor.window_span or timedelta(hours=1)
         if labels_source is None or entity is None or not entity.primary_key:
             return {}
-        id_column = entity.primary_key[0]
+        keys = tuple(entity.primary_key)  # the label source shares the entity's key
         now = self.clock()
         since = result.windows[-1].end - LOOKBACK  # event time, like the log
         files = self._log_files(since)
         label_files = [str(f) for f in self._offline().files("data", labels_source.name)]
-        label_columns = (id_column, cfg.train.label_column, cfg.train.label_time)
+        label_columns = (*keys, cfg.train.label_column, cfg.train.label_time)
         try:
             predictions = con.sql(
-                f'SELECT scored_at, score, "{id_column}" FROM read_parquet(?, union_by_name = '
+                "SELECT scored_at, score, "
+                + ", ".join(f'"{k}"' for k in keys)
+                + " FROM read_parquet(?, union_by_name = "
                 "true) WHERE model = ? AND scored_at >= ?",
                 params=[files, model, since],
             ).to_arrow_table()
@@ -534,7 +536,7 @@ class Monitor:
         joined = join_labels(
             predictions,
             labels,
-            id_column=id_column,
+            id_column=keys,
             label_column=cfg.train.label_column,
             label_time_column=cfg.train.label_time,
             as_of=now,
