@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from backline.features.online import OnlineFeatures, OnlineStore, ReadPlan
     from backline.features.repository import Change
     from backline.package import Scorer
+    from backline.pipeline.executor import Clock, OnStep, RunResult
+    from backline.pipeline.history import RunRecord
     from backline.pipeline.train import Registered
     from backline.registry import Registry
 
@@ -393,6 +395,41 @@ class Project:
         self._check_open()
         options.setdefault("progress", False)
         return train_and_register(self.config, **options)
+
+    def run(
+        self,
+        *,
+        logical_time: datetime | None = None,
+        until: str | None = None,
+        clock: Clock | None = None,
+        on_step: OnStep | None = None,
+    ) -> RunResult:
+        """Run the pipeline once for the key (project name, `logical_time`; default now, to
+        the minute): ingest what landed, then every stale step up to `until`. See
+        `backline.pipeline.executor.run_pipeline`; the same key again does no work twice."""
+        from backline.pipeline.executor import run_pipeline, utc_now
+
+        self._check_open()
+        return run_pipeline(
+            self.config,
+            logical_time=logical_time,
+            until=until,
+            clock=clock or utc_now,
+            on_step=on_step,
+        )
+
+    def runs(self, *, limit: int = 10) -> list[RunRecord]:
+        """The pipeline's newest runs first, each with its steps as recorded."""
+        from backline.pipeline.history import RunHistory
+        from backline.registry.db import Database
+
+        self._check_open()
+        history = RunHistory(Database(self.config.store_uri("registry")))
+        try:
+            history.prepare()
+            return history.recent(self.config.project.name, limit=limit)
+        finally:
+            history.dispose()
 
     def model(
         self,

@@ -296,6 +296,33 @@ class ServeSection:
     """Longest time a prediction-log row waits in memory before it is written."""
 
 
+@dataclass(frozen=True)
+class PipelineSection:
+    landing: str = "landing"
+    """Folder where new data lands, relative to the project folder: `backline run` ingests the
+    .csv, .jsonl and .parquet files under LANDING/<source>/, each file as its own batch. A file
+    whose content was ingested before is not ingested again."""
+
+    model: str = "fraud"
+    """Registry model name the pipeline trains, gates and promotes."""
+
+    def __post_init__(self) -> None:
+        if not self.landing.strip():
+            raise ConfigError(
+                f'{CONFIG_FILE}: pipeline.landing is empty; name a folder, e.g. landing = "landing".'
+            )
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.model):
+            raise ConfigError(
+                f"{CONFIG_FILE}: pipeline.model = {self.model!r} must be letters, digits, _, . "
+                'and - (a registry model name), e.g. model = "fraud".'
+            )
+
+    def landing_dir(self, root: Path) -> Path:
+        """The landing folder, resolved against the project folder `root`."""
+        path = Path(self.landing).expanduser()
+        return path if path.is_absolute() else root / path
+
+
 AlertOp = Literal[">", ">=", "<", "<="]
 NotifierKind = Literal["alertmanager", "webhook", "log"]
 
@@ -676,6 +703,7 @@ class Config:
     gate: GateSection = field(default_factory=GateSection)
     serve: ServeSection = field(default_factory=ServeSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
     sources: Mapping[str, SourceSpec] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceSpec:
@@ -717,6 +745,7 @@ _SECTIONS: dict[str, type] = {
     "gate": GateSection,
     "serve": ServeSection,
     "monitor": MonitorSection,
+    "pipeline": PipelineSection,
 }
 
 

@@ -329,6 +329,25 @@ def gate_version(
     it; None (the default) does so only when the packaged figure is over gate.max_latency_ms;
     False always judges the packaged figure. The check's detail says which figure was used.
     """
+    record = evaluate_version(
+        cfg, registry, model_name, version, evaluation, seed=seed, remeasure=remeasure
+    )
+    registry.record_gate(model_name, registry.get(model_name, version).version, record)
+    return record
+
+
+def evaluate_version(
+    cfg: Config,
+    registry: Registry,
+    model_name: str,
+    version: VersionRef,
+    evaluation: pa.Table,
+    *,
+    seed: int = 0,
+    remeasure: bool | None = None,
+) -> GateRecord:
+    """What `gate_version` records, without recording it: the pipeline's evaluate step, whose
+    gate step records it (`Registry.record_gate`) and stops the run when it did not pass."""
     from backline.registry.store import CHAMPION
 
     candidate = registry.get(model_name, version)
@@ -346,7 +365,7 @@ def gate_version(
         if champion_number is not None:
             champ_dir = fetch_package(registry, model_name, champion_number, Path(tmp) / "champion")
             champion = load_package(champ_dir)
-        record = evaluate_gate(
+        return evaluate_gate(
             scorer,
             champion,
             evaluation,
@@ -359,8 +378,6 @@ def gate_version(
             champion_version=champion_number,
             seed=seed,
         )
-    registry.record_gate(model_name, candidate.version, record)
-    return record
 
 
 def request_latency(

@@ -97,14 +97,25 @@ def train_and_register(
             on_progress=on_progress,
         )
     with stage("writing and measuring the serving package"):
-        registered = _package_and_register(cfg, result, model_name, actor)
+        registered = package_and_register(cfg, result, model_name, actor)
     return registered
 
 
-def _package_and_register(
-    cfg: Config, result: TrainResult, model_name: str, actor: str | None
+def package_and_register(
+    cfg: Config,
+    result: TrainResult,
+    model_name: str,
+    actor: str | None,
+    training_set: TrainingSet | None = None,
 ) -> Registered:
-    ts = _training_set(cfg, result)
+    """Package a finished run, fit its monitoring reference, and register it once.
+    `training_set`: the run's own set when the caller holds it (checked by digest), so it is
+    not built again."""
+    ts = (
+        training_set
+        if training_set is not None and training_set.digest == result.training_set_digest
+        else _training_set(cfg, result)
+    )
     model = load_model(result.run_dir)
     pre = Preprocessor.from_json(result.preprocess_path.read_text())
     folder = result.run_dir / "package"

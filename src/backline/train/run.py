@@ -118,9 +118,12 @@ def run_training(
     device: str = "cpu",
     progress: bool = True,
     on_progress: Callable[[TrainProgress], None] | None = None,
+    training_set: TrainingSet | None = None,
 ) -> TrainResult:
     """Build the training set, fit the preprocessing, train (resumably), evaluate the holdout.
 
+    `training_set`: one already built (the pipeline's training_set step), used instead of
+    building it again; its service wins over `service`.
     `progress` draws a bar on stderr when it is a terminal (steps, loss, samples/s, ETA);
     `on_progress` receives the same figures after every step (one process only: nproc=1).
     """
@@ -132,7 +135,7 @@ def run_training(
         raise InvalidArgument(f"--max-steps {max_steps}: train at least one step.")
     check_device(device, nproc)
     t = cfg.train
-    ts = build_training_set(cfg, service=service)
+    ts = training_set if training_set is not None else build_training_set(cfg, service=service)
     pre = Preprocessor.fit(
         ts.train, ts.numeric_features, ts.categorical_features, min_count=t.min_category_count
     )
