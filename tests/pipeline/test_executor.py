@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from backline.core.config import Config, load_config
@@ -114,6 +115,11 @@ def test_an_unchanged_rerun_is_a_no_op_and_new_data_makes_ingest_and_downstream_
     ingest = new.run.step("ingest")
     assert ingest is not None and ingest.outputs["new_batches"] == 1  # the old files: not again
     assert len(_batches(cfg)) == 3
+    # the new batch holds the new file's rows and nothing re-read from the old one
+    newest = OfflineStore.open(cfg).batches()[-1]
+    late_rows = pq.ParquetFile(landing_files.late).metadata.num_rows
+    assert (newest.rows_in, newest.rows_quarantined) == (late_rows, 0)
+    assert newest.input.endswith("tx-late.parquet")
     mat = new.run.step("materialize")
     assert mat is not None and all(v["batches"] <= 1 for v in mat.outputs["views"].values())
 

@@ -196,18 +196,15 @@ def test_until_never_includes_a_step_after_it(situation: tuple) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(situations(), st.data())
-def test_a_step_runs_exactly_when_it_or_something_it_needs_changed(
-    situation: tuple, data: st.DataObject
-) -> None:
+@given(situations())
+def test_a_step_runs_exactly_when_it_or_something_it_needs_changed(situation: tuple) -> None:
     graph, current, last, until = situation
     decided = plan(graph, current, last, until=until)
     scope = graph.needed_by(until) if until else set(graph.names)
+
+    def changed(name: str) -> bool:  # an oracle of its own: the digests differ as mappings
+        return last.get(name) is None or dict(current.get(name, {})) != dict(last[name] or {})
+
     for name in scope:
-        own = last.get(name) is None or bool(changed_inputs(current.get(name, {}), last[name]))
         upstream = graph.needed_by(name) - {name}
-        inherited = any(
-            last.get(u) is None or bool(changed_inputs(current.get(u, {}), last[u]))
-            for u in upstream
-        )
-        assert (name in decided.names) == (own or inherited)
+        assert (name in decided.names) == (changed(name) or any(changed(u) for u in upstream))
