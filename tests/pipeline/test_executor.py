@@ -302,3 +302,12 @@ def test_the_whole_pipeline_trains_gates_and_promotes_then_rests(
     with open_registry(cfg) as registry:
         gate = registry.gate_of("fraud", 1)
     assert gate is not None and not gate.passed  # recorded, as `models gate` records it
+
+
+def test_the_project_handle_runs_and_lists(landed: Path) -> None:
+    import backline
+
+    with backline.open(landed) as project:
+        result = project.run(logical_time=T1, until="ingest", clock=FakeClock())
+        assert result.run.state == "succeeded"
+        assert [(r.logical_time, r.state) for r in project.runs(limit=5)] == [(T1, "succeeded")]

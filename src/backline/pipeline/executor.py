@@ -149,13 +149,18 @@ def _execute(
 ) -> RunResult:
     tell = on_step or (lambda step, event: None)
     position = {name: i for i, name in enumerate(graph.names)}
+    scope = [n for n in graph.names if until is None or n in graph.needed_by(until)]
     last: dict[str, dict[str, str] | None] = {}
     for name in graph.names:
         record = history.last_success(ctx.pipeline, name)
         last[name] = None if record is None else dict(record.input_digests)
         if record is not None:
             ctx.outputs[name] = dict(record.outputs)
-    current = {name: impls[name].inputs(ctx) for name in graph.names}
+    try:
+        current = {name: impls[name].inputs(ctx) for name in scope}
+    except BaseException:  # the stores could not be read: nothing ran, the run is failed
+        history.finish(run.id, "failed", now=clock())
+        raise
     decided = plan(graph, current, last, until=until)
     mine = {s.step: s for s in run.steps}
     for name in decided.fresh:
@@ -174,35 +179,35 @@ def _execute(
 
     for d in decided.steps:
         name = d.step
-        digests = impls[name].inputs(ctx)  # again: the steps before it may have changed them
-        if (
-            d.reason == "upstream runs"
-            and last[name] is not None
-            and not changed_inputs(digests, last[name])
-        ):
+        try:
+            digests = impls[name].inputs(ctx)  # again: the steps before may have changed them
+            if (
+                d.reason == "upstream runs"
+                and last[name] is not None
+                and not changed_inputs(digests, last[name])
+            ):
+                history.set_step(
+                    run.id,
+                    name,
+                    position[name],
+                    "skipped",
+                    reason="fresh: the steps it needs left its inputs unchanged",
+                    digests=digests,
+                    now=clock(),
+                )
+                tell(name, "skipped")
+                continue
             history.set_step(
                 run.id,
                 name,
                 position[name],
-                "skipped",
-                reason="fresh: the steps it needs left its inputs unchanged",
+                "running",
+                reason=d.explain(),
                 digests=digests,
                 now=clock(),
+                started=True,
             )
-            tell(name, "skipped")
-            continue
-        history.set_step(
-            run.id,
-            name,
-            position[name],
-            "running",
-            reason=d.explain(),
-            digests=digests,
-            now=clock(),
-            started=True,
-        )
-        tell(name, "running")
-        try:
+            tell(name, "running")
             outputs = impls[name].run(ctx)
         except BaseException as exc:
             retryable = is_retryable(exc) or isinstance(exc, KeyboardInterrupt)
