@@ -58,7 +58,7 @@ def test_run_prints_each_step_with_its_state_and_the_same_key_again_does_nothing
     assert record["steps"][0]["reason"] == "fresh: inputs unchanged"
 
     code, out, _ = _run(capsys, "runs", "--project", p, "--limit", "1")
-    assert code == 0 and "ingest:skipped" in out and "2026-02-01" not in out
+    assert code == 0 and "ingest· validate·" in out and "2026-02-01" not in out
     code, out, _ = _run(capsys, "runs", "--project", p, "--json")
     runs = json.loads(out)
     assert [r["logical_time"] for r in runs][-1] == "2026-02-01T06:00:00+00:00"
@@ -119,7 +119,7 @@ def test_a_failed_step_shows_in_the_table_and_exits_by_its_kind(
     code, out, err = _run(capsys, "run", "--project", p, "--until", "materialize", *key)
     assert code == 2  # a user error: features.py is not applied
     assert "Run fraud @ 2026-02-01T00:00:00+00:00: failed" in out
-    assert "needs a fix: feature view" in out
+    assert "schema_error: needs a fix" in out and "feature view" not in out
     assert err.strip().startswith("error: feature view") and "backline features apply" in err
 
     apply_features(load_config(root, env={}))
@@ -127,7 +127,7 @@ def test_a_failed_step_shows_in_the_table_and_exits_by_its_kind(
         mp.setenv("BACKLINE_ONLINE_URI", "redis://127.0.0.1:1/0")
         code, out, err = _run(capsys, "run", "--project", p, "--until", "materialize", *key)
     assert code == 1
-    assert "(resumed)" in out and "retryable:" in out
+    assert "(resumed)" in out and "store_unavailable: retryable" in out
     assert (
         "step materialize failed" in err and "run --logical-time 2026-02-01T00:00:00+00:00" in err
     )
@@ -135,4 +135,4 @@ def test_a_failed_step_shows_in_the_table_and_exits_by_its_kind(
     code, out, _ = _run(capsys, "run", "--project", p, "--until", "materialize", *key)
     assert code == 0 and "succeeded (resumed)" in out
     code, out, _ = _run(capsys, "runs", "--project", p)
-    assert "ingest:succeeded validate:succeeded materialize:succeeded" in out
+    assert "ingest✓ validate✓ materialize✓" in out

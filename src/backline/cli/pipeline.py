@@ -35,6 +35,8 @@ _STYLE = {
     "pending": "yellow",
 }
 
+_MARK = {"succeeded": "✓", "skipped": "·", "failed": "✗", "pending": "…", "running": "…"}
+
 
 def add_commands(sub: Any) -> None:
     """Add `run` and `runs` to the top-level subparsers."""
@@ -148,9 +150,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         out.print(f"No pipeline runs yet. Start one: {cli_name()} run")
         return 0
-    table = Table("logical time", "state", "triggers", "steps", title="pipeline runs")
+    table = Table(
+        "logical time",
+        "state",
+        "triggers",
+        "steps",
+        title="pipeline runs",
+        caption="✓ succeeded  · skipped (fresh)  ✗ failed  … pending or running",
+    )
     for run in runs:
-        steps = " ".join(f"[{_STYLE.get(s.state, '')}]{s.step}:{s.state}[/]" for s in run.steps)
+        steps = " ".join(
+            f"[{_STYLE.get(s.state, '')}]{s.step}{_MARK.get(s.state, '?')}[/]" for s in run.steps
+        )
         table.add_row(
             run.logical_time.isoformat(),
             f"[{_STYLE[run.state]}]{run.state}[/]",
@@ -166,9 +177,9 @@ def _steps_table(steps: tuple[StepRecord, ...]) -> Table:
     for s in steps:
         seconds = s.seconds
         took = "" if seconds is None or s.state == "skipped" else f"{seconds:.1f}s"
-        note = s.error if s.state == "failed" and s.error else s.reason
-        if s.state == "failed":
-            note = f"{'retryable' if s.retryable else 'needs a fix'}: {note}"
+        note = s.reason
+        if s.state == "failed":  # the message itself is printed once, below the table
+            note = f"{s.error_code}: {'retryable' if s.retryable else 'needs a fix'}"
         table.add_row(
             s.step,
             f"[{_STYLE.get(s.state, '')}]{s.state}[/]",
