@@ -132,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if isinstance(result.error, BacklineError) and not failed.retryable:
         raise result.error  # one line, exit 2 (cli.main)
     err.print(
-        f"[red]error:[/] step {failed.step} failed: {escape(failed.error or '')}. This may pass "
+        f"[red]error:[/] step {failed.step} failed: {escape((failed.error or '').rstrip('.'))}. "
+        "This may pass "
         f"when run again: {cli_name()} run --logical-time {run.logical_time.isoformat()} "
         "resumes from that step.",
         highlight=False,
