@@ -7,6 +7,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,6 +72,10 @@ def test_new_york_0230_daily_across_both_transitions() -> None:
         "2026-03-08T07:00:00+00:00",
         "2026-03-09T06:30:00+00:00",
     ]
+    # two times inside the gap, or one in it and 03:00 itself, make one run at 03:00 EDT
+    for expr in ("0,30 2 * * *", "0 2,3 * * *"):
+        gap = CronSchedule(expr, "America/New_York").due(utc(2026, 3, 8, 5), utc(2026, 3, 8, 8))
+        assert gap == [utc(2026, 3, 8, 7)], expr
     # fall back (2026-11-01): 02:30 happens once (EST), one run a day
     assert iso(daily.due(utc(2026, 10, 30), utc(2026, 11, 3))) == [
         "2026-10-30T06:30:00+00:00",
@@ -568,3 +573,15 @@ def test_request_parsing_and_cooldown_rules() -> None:
     assert cool.allow("other", now) and cool.allow("m", now + timedelta(hours=1))
     with pytest.raises(InvalidArgument, match="must not be negative"):
         Cooldown(timedelta(seconds=-1))
+
+
+# -- the page --------------------------------------------------------------------------------
+
+
+def test_the_scheduling_page_runs_as_written() -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "scheduling.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+    assert len(blocks) >= 7
+    namespace: dict[str, object] = {"__name__": "scheduling_doc"}
+    for code in blocks:
+        exec(compile(code, str(page), "exec"), namespace)
