@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backline.core.config import Config
-from backline.core.errors import GateFailed, InputError, SchemaError, StoreError
+from backline.core.errors import GateFailed, InputError, NotFoundError, SchemaError, StoreError
 from backline.pipeline.plan import Graph, Step
 
 if TYPE_CHECKING:
@@ -337,7 +337,7 @@ def baseline(registry: Registry, model: str, version: int) -> int | None:
 
     try:
         champion = next((a.version for a in registry.aliases(model) if a.alias == CHAMPION), None)
-    except Exception:  # no such model yet: nothing to compare with
+    except NotFoundError:  # no such model yet: nothing to compare with
         return None
     if champion != version:
         return champion
