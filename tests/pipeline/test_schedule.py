@@ -227,6 +227,53 @@ def test_first_tick_runs_the_newest_time_or_everything_since_start() -> None:
     assert since.run == (utc(2026, 1, 1, 2), utc(2026, 1, 1, 3))
 
 
+def test_a_long_outage_lists_a_bounded_number_of_skipped_times() -> None:
+    minutely = CronSchedule("* * * * *")
+    tick = decide_tick(
+        minutely, last_scheduled=utc(2026, 1, 1), now=utc(2027, 1, 1, 0, 0, 30), max_catchup=5
+    )
+    assert tick.run == (utc(2027, 1, 1),) and tick.skipped_truncated
+    assert tick.skipped == tuple(utc(2026, 1, 1, 0, m) for m in range(1, 6))
+    exact = decide_tick(
+        minutely, last_scheduled=utc(2026, 1, 1), now=utc(2026, 1, 1, 0, 6), max_catchup=5
+    )
+    assert len(exact.skipped) == 5 and not exact.skipped_truncated
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["0 * * * *", "*/20 1-3 * * *", "30 1 * * *", "30 2 * * *"]),
+    st.sampled_from(["UTC", "America/New_York", "Europe/London"]),
+    st.datetimes(min_value=datetime(2026, 3, 1), max_value=datetime(2026, 11, 30)),
+    st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=8),
+    st.booleans(),
+)
+def test_ticks_account_for_every_due_time_exactly_once(
+    expr: str, zone: str, start: datetime, steps: list[int], catchup: bool
+) -> None:
+    """Over any sequence of ticks, run + skipped is exactly due(start, last now), in order:
+    catch-up on skips nothing; catch-up off runs only the newest of each tick."""
+    s = CronSchedule(expr, zone)
+    origin = now = start.replace(tzinfo=UTC)
+    last: datetime | None = origin
+    ran: list[datetime] = []
+    skipped: list[datetime] = []
+    for minutes in steps:
+        now = now + timedelta(minutes=minutes)
+        cap = 7 if catchup else 1000  # catch-up off lists up to `cap` skipped times
+        tick = decide_tick(s, last_scheduled=last, now=now, catchup=catchup, max_catchup=cap)
+        assert not tick.skipped_truncated
+        assert len(tick.run) <= (7 if catchup else 1)
+        assert not (catchup and tick.skipped)
+        ran += tick.run
+        skipped += tick.skipped
+        last = tick.last_scheduled
+        assert tick.next_due > now or len(tick.run) == 7
+    handled = sorted(ran + skipped)
+    assert len(set(handled)) == len(handled)
+    assert last is not None and handled == s.due(origin, last)
+
+
 # -- backfill --------------------------------------------------------------------------------
 
 
@@ -438,6 +485,58 @@ def test_a_lost_race_reads_as_leave_alone() -> None:
     assert decision.action == "leave alone" and decision.holder.owner == "other"  # type: ignore[union-attr]
 
 
+def test_a_renewal_that_races_a_takeover_loses_it() -> None:
+    clock = FakeClock(utc(2026, 1, 1))
+    store = MemoryLeaseStore()
+    slow = Leaser(store, "slow", TTL, clock)
+    slow.acquire("k")
+    clock.now += TTL  # slow hung past its expiry; it renews just as "fast" takes over
+
+    class Racing(MemoryLeaseStore):
+        def get(self, key: str) -> Lease | None:
+            return store.get(key)
+
+        def swap(self, key: str, expected: Lease | None, new: Lease | None) -> bool:
+            Leaser(store, "fast", TTL, clock).acquire(key)
+            return store.swap(key, expected, new)
+
+    assert not Leaser(Racing(), "slow", TTL, clock).renew_if_due("k")
+    assert store.get("k").owner == "fast"  # type: ignore[union-attr]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.sampled_from(["acquire", "renew", "release"])),
+        min_size=1,
+        max_size=40,
+    ),
+    st.lists(st.integers(min_value=0, max_value=200), min_size=40, max_size=40),
+)
+def test_at_most_one_scheduler_ever_believes_it_holds_a_live_lease(
+    ops: list[tuple[str, str]], gaps: list[int]
+) -> None:
+    clock = FakeClock(utc(2026, 1, 1))
+    store = MemoryLeaseStore()
+    leasers = {name: Leaser(store, name, TTL, clock) for name in "abc"}
+    holding: dict[str, datetime] = {}  # who thinks it holds the run, until when
+    for (name, op), gap in zip(ops, gaps, strict=False):
+        clock.now += timedelta(seconds=gap)
+        leaser = leasers[name]
+        if op == "acquire" and leaser.acquire("run").action in ("mine", "take over"):
+            holding[name] = store.get("run").expires_at  # type: ignore[union-attr]
+        elif op == "renew":
+            if leaser.renew_if_due("run"):
+                holding[name] = store.get("run").expires_at  # type: ignore[union-attr]
+            else:
+                holding.pop(name, None)
+        elif op == "release":
+            leaser.release("run")
+            holding.pop(name, None)
+        live = [n for n, until in holding.items() if clock.now < until]
+        assert len(live) <= 1, (live, store.get("run"))
+
+
 def _contend(path: str, owner: str, keys: int, now: datetime, start: Any, out: Any) -> None:
     leaser = Leaser(FileLeaseStore(path), owner, TTL, lambda: now)
     start.wait(10)
@@ -562,6 +661,16 @@ def test_a_truncated_requests_file_is_read_from_the_start(tmp_path: Path) -> Non
     (root / "fraud" / "retrain-requests.jsonl").write_text(request("fraud", clock.now))
     polled = AlertInbox(root, state, cooldown=timedelta(0), clock=clock).poll()
     assert list(polled.triggered) == ["fraud"] and "shrank" in polled.malformed[0].reason
+
+
+def test_a_damaged_state_file_is_reported_and_reading_starts_over(tmp_path: Path) -> None:
+    root, state = tmp_path / "monitor", tmp_path / "alerts.json"
+    clock = FakeClock(utc(2026, 1, 1, 12))
+    append(root, "fraud", request("fraud", clock.now))
+    AlertInbox(root, state, cooldown=timedelta(0), clock=clock).poll()
+    state.write_text("{half")
+    inbox = AlertInbox(root, state, cooldown=timedelta(0), clock=clock)
+    assert "did not parse" in inbox.notes[0] and list(inbox.poll().triggered) == ["fraud"]
 
 
 def test_request_parsing_and_cooldown_rules() -> None:

@@ -180,6 +180,8 @@ class Tick:
     """Save this and pass it to the next tick: the newest logical time handled so far."""
     next_due: datetime
     """The next logical time after `last_scheduled`: when the next tick has work."""
+    skipped_truncated: bool = False
+    """More times were skipped than `skipped` lists (it holds the oldest `max_catchup`)."""
 
 
 def decide_tick(
@@ -194,8 +196,8 @@ def decide_tick(
     """Which logical times to run at `now`.
 
     Catch-up off (the default): only the newest due time runs; older missed ones are skipped
-    and listed. Catch-up on: every missed time runs, oldest first, at most `max_catchup` per
-    tick (the rest come on the next tick). With no `last_scheduled` the history starts at
+    and listed (the oldest `max_catchup` of them). Catch-up on: every missed time runs, oldest
+    first, at most `max_catchup` per tick (the rest come on the next tick). With no `last_scheduled` the history starts at
     `start` (a due time equal to `start` counts) or, without it, at the newest due time.
     """
     now = _utc(now, "now")
@@ -206,13 +208,21 @@ def decide_tick(
     else:
         newest = schedule.previous(now)
         return Tick((newest,), (), newest, schedule.next(newest))
-    if not catchup:
-        missed = schedule.due(after, now, limit=None) if after < now else []
-        if not missed:
-            return Tick((), (), last_scheduled, schedule.next(after))
-        return Tick((missed[-1],), tuple(missed[:-1]), missed[-1], schedule.next(missed[-1]))
     if max_catchup < 1:
         raise InvalidArgument(f"max_catchup {max_catchup} must be at least 1.")
+    if not catchup:
+        newest = schedule.previous(now)
+        if newest <= after:
+            return Tick((), (), last_scheduled, schedule.next(after))
+        skipped: list[datetime] = []
+        for t in schedule._walk(after, True):
+            if t <= after:
+                continue
+            if t >= newest or len(skipped) == max_catchup:
+                break
+            skipped.append(t)
+        truncated = len(skipped) == max_catchup and schedule.next(skipped[-1]) < newest
+        return Tick((newest,), tuple(skipped), newest, schedule.next(newest), truncated)
     run: list[datetime] = []
     for t in schedule._walk(after, True):
         if t <= after:

@@ -95,7 +95,9 @@ class Cooldown:
         return True
 
 
-def decide(requests: Sequence[RetrainRequest], cooldown: Cooldown, now: datetime) -> Polled:
+def decide_alert_runs(
+    requests: Sequence[RetrainRequest], cooldown: Cooldown, now: datetime
+) -> Polled:
     """Group `requests` by model and let each model through the cooldown at most once."""
     by_model: dict[str, list[RetrainRequest]] = {}
     for r in requests:
@@ -115,11 +117,12 @@ class AlertInbox:
 
     def __init__(self, root: Path, state_path: Path, *, cooldown: timedelta, clock: Clock):
         self.root, self.state_path, self.clock = Path(root), Path(state_path), clock
+        self.notes: list[str] = []
+        """What went wrong with the state file (reported, never fatal)."""
         state = self._load()
         self.offsets: dict[str, int] = {k: int(v) for k, v in state.get("offsets", {}).items()}
         last = {k: datetime.fromisoformat(v) for k, v in state.get("last_run", {}).items()}
         self.cooldown = Cooldown(cooldown, last)
-        self.notes: list[str] = []
 
     def _load(self) -> Mapping[str, Any]:
         try:
@@ -130,7 +133,7 @@ class AlertInbox:
         except ValueError:
             # a damaged offset file: starting over re-reads old requests, and the cooldown
             # (also lost) would let each model run once; say so rather than stop scheduling
-            self.notes = [f"{self.state_path} did not parse; read every request file anew"]
+            self.notes.append(f"{self.state_path} did not parse; read every request file anew")
             return {}
 
     def _read_new(self) -> tuple[list[RetrainRequest], list[Malformed]]:
@@ -169,7 +172,7 @@ class AlertInbox:
     def poll(self) -> Polled:
         """Read what is new, decide which models run, save offsets and cooldowns, return."""
         requests, malformed = self._read_new()
-        decided = decide(requests, self.cooldown, self.clock().astimezone(UTC))
+        decided = decide_alert_runs(requests, self.cooldown, self.clock().astimezone(UTC))
         state = {
             "offsets": self.offsets,
             "last_run": {k: v.isoformat() for k, v in self.cooldown.last_run.items()},
