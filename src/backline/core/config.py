@@ -32,9 +32,10 @@ import typing
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from backline.core.durations import parse_duration, parse_utc
 from backline.core.errors import BacklineError, ConfigError
@@ -321,6 +322,99 @@ class PipelineSection:
         """The landing folder, resolved against the project folder `root`."""
         path = Path(self.landing).expanduser()
         return path if path.is_absolute() else root / path
+
+
+_CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    """When `backline schedule` runs the pipeline, how it retries, and which runs alerts start
+    (docs/scheduling.md). Without `cron` the pipeline is not scheduled."""
+
+    cron: str = ""
+    """When scheduled runs happen: five cron fields read in `timezone`, e.g. "0 2 * * *" for
+    02:00 every day, or @daily, @hourly and so on. Empty: the pipeline is not scheduled."""
+
+    timezone: str = "UTC"
+    """IANA zone the cron fields are read in, e.g. "Europe/London"; logical times are UTC."""
+
+    catchup: bool = False
+    """Run every time missed while no scheduler ran (true), or only the newest (false: the
+    missed ones are reported, and `backline backfill` runs them if they matter)."""
+
+    until: str = ""
+    """The last step a scheduled run goes to (with the steps it needs); empty: every step."""
+
+    max_attempts: Annotated[int, Bound(min=1, max=100)] = 3
+    """Attempts per logical time, the first included; only a retryable failure (a store that
+    was down, a disk error) is tried again, never a user error."""
+
+    backoff_base: timedelta = timedelta(seconds=30)
+    """Wait before the second attempt."""
+
+    backoff_factor: Annotated[float, Bound(min=1)] = 2.0
+    """Each further wait is this many times the one before."""
+
+    backoff_max: timedelta = timedelta(minutes=10)
+    """No wait between attempts is longer than this."""
+
+    lease_ttl: timedelta = timedelta(minutes=3)
+    """How long a scheduler's claim on a run lasts unless renewed (every third of it); another
+    scheduler takes a run over once its holder missed renewing it this long."""
+
+    alert_runs: bool = True
+    """Start a run when the monitor asks for retraining (an alert rule with retrain = true)."""
+
+    alert_cooldown: timedelta = timedelta(hours=6)
+    """At least this long between two alert-triggered runs of the model."""
+
+    poll: timedelta = timedelta(minutes=1)
+    """How often a waiting `backline schedule` looks for new retraining requests."""
+
+    def __post_init__(self) -> None:
+        where = f"{CONFIG_FILE}: schedule"
+        expr = " ".join(self.cron.split())
+        if expr:
+            if not (len(expr.split(" ")) == 5 or expr.lower() in _CRON_ALIASES):
+                raise ConfigError(
+                    f"{where}.cron = {self.cron!r} is not a cron expression. Write five fields "
+                    '(minute hour day-of-month month day-of-week), e.g. cron = "0 2 * * *" for '
+                    "02:00 every day, or @daily or @hourly."
+                )
+            from croniter import croniter
+            from croniter.croniter import CroniterError
+
+            try:
+                croniter(expr, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+            except CroniterError as exc:
+                raise ConfigError(
+                    f"{where}.cron = {self.cron!r} does not parse or never fires ({exc}). Fix "
+                    'the field it names, e.g. cron = "0 2 * * *" for 02:00 every day.'
+                ) from None
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"{where}.timezone = {self.timezone!r} is not an IANA zone. Write a name such "
+                'as timezone = "UTC", "Europe/London" or "America/New_York".'
+            ) from None
+        for key in ("backoff_base", "alert_cooldown"):  # 0 is allowed: no wait
+            if getattr(self, key) < timedelta(0):
+                raise ConfigError(f'{where}.{key} must not be negative, e.g. {key} = "30s".')
+        for key in ("backoff_max", "lease_ttl", "poll"):
+            if getattr(self, key) <= timedelta(0):
+                raise ConfigError(f'{where}.{key} must be above 0, e.g. {key} = "3m".')
+        if self.backoff_max < self.backoff_base:
+            raise ConfigError(
+                f"{where}.backoff_max = {self.backoff_max} is below backoff_base = "
+                f"{self.backoff_base}; raise backoff_max or lower backoff_base."
+            )
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the project has a schedule (a cron expression)."""
+        return bool(self.cron.strip())
 
 
 AlertOp = Literal[">", ">=", "<", "<="]
@@ -704,6 +798,7 @@ class Config:
     serve: ServeSection = field(default_factory=ServeSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
     sources: Mapping[str, SourceSpec] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceSpec:
@@ -746,6 +841,7 @@ _SECTIONS: dict[str, type] = {
     "serve": ServeSection,
     "monitor": MonitorSection,
     "pipeline": PipelineSection,
+    "schedule": ScheduleSection,
 }
 
 
