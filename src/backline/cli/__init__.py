@@ -8,7 +8,8 @@
 A user error (a BacklineError) prints one line on stderr and exits with code 2.
 
 The commands live in one module per group: `data` (init, generate, ingest, sql, doctor),
-`features`, `train`, `models`, `pipeline` (run, runs) and `demo`; `common` holds what they share.
+`features`, `train`, `models`, `pipeline` (run, runs), `schedule` (schedule, backfill) and
+`demo`; `common` holds what they share.
 """
 
 from __future__ import annotations
@@ -21,7 +22,19 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from backline import __version__
-from backline.cli import bench, data, demo, features, models, monitor, pipeline, serve, train
+from backline.cli import (
+    airflow,
+    bench,
+    data,
+    demo,
+    features,
+    models,
+    monitor,
+    pipeline,
+    schedule,
+    serve,
+    train,
+)
 from backline.cli.common import cli_name
 from backline.core.console import err
 from backline.core.errors import BacklineError
@@ -49,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub)
     monitor.add_commands(sub)
     pipeline.add_commands(sub)  # run, runs
+    airflow.add_commands(sub)  # pipeline export --airflow
+    schedule.add_commands(sub)  # schedule, backfill
     bench.add_commands(sub)
     data.add_doctor(sub)
     demo.add_commands(sub)

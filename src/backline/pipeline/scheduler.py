@@ -202,9 +202,9 @@ class Scheduler:
     def require_schedule(self) -> CronSchedule:
         if self.schedule is None:
             raise ConfigError(
-                f"{CONFIG_FILE} has no schedule: add a [schedule] section with a cron "
-                'expression, e.g.\n[schedule]\ncron = "0 2 * * *"   # 02:00 every day\n'
-                'timezone = "UTC"\n(docs/scheduling.md lists its other keys).'
+                f"{CONFIG_FILE} has no schedule: add a [schedule] section to it with a cron "
+                'expression, e.g. cron = "0 2 * * *" for 02:00 every day (docs/scheduling.md '
+                "lists its other keys)."
             )
         return self.schedule
 
