@@ -164,6 +164,7 @@ def _task_states(log: str) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.airflow
+@pytest.mark.timeout(1200)  # the first run installs Airflow (a minute or two)
 def test_a_real_airflow_loads_the_dag_and_runs_it_idempotently(tmp_path: Path) -> None:
     venv = _airflow_venv()
     project = tmp_path / "proj"
