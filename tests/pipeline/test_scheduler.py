@@ -16,7 +16,7 @@ from backline.core.errors import ConfigError, StoreError
 from backline.core.workspace import init_project
 from backline.pipeline.executor import run_pipeline
 from backline.pipeline.history import RunHistory
-from backline.pipeline.leases import FileLeaseStore, Lease
+from backline.pipeline.leases import FileLeaseStore, Lease, Leaser
 from backline.pipeline.scheduler import Scheduler, lease_key
 from backline.registry.db import Database
 from tests.pipeline.conftest import FakeClock, Landing, land
@@ -153,6 +153,24 @@ def test_a_retryable_failure_is_retried_with_backoff_and_resumes_from_its_step(
     assert record is not None and record.state == "failed" and record.triggers == 3
     step = record.step("materialize")
     assert step is not None and step.attempts == 3
+
+
+def test_a_scheduler_that_lost_its_lease_while_waiting_stops_retrying(landed: Path) -> None:
+    cfg = _cfg(landed, **DOWN, BACKLINE_SCHEDULE_MAX_ATTEMPTS="3")
+    clock = FakeClock(START)
+    store = FileLeaseStore(landed / ".backline/scheduler/lease.json")
+    rival = Leaser(store, "rival:2:b", timedelta(minutes=3), clock)
+
+    def paused(seconds: float) -> None:  # a pause far past the ttl; the rival takes over
+        clock.now += timedelta(minutes=10)
+        assert rival.acquire(lease_key("fraud", SIX)).action == "take over"
+
+    scheduler = Scheduler(cfg, clock=clock, wait=paused, owner="test:1:a")
+    ran = scheduler.tick().ran[0]
+    assert (ran.ending, ran.attempts, ran.retryable) == ("failed", 2, False)
+    assert "lost to rival:2:b" in ran.error and ran.ran_steps(2) == []
+    held = store.get(lease_key("fraud", SIX))
+    assert held is not None and held.owner == "rival:2:b"  # not released by the loser
 
 
 def test_a_user_error_fails_once_without_waiting(tmp_path: Path, landing_files: Landing) -> None:

@@ -323,6 +323,14 @@ class Scheduler:
                     if self.on_step is not None:
                         self.on_step(t, step, event)
 
+                if number > 1 and not self.leaser.renew_if_due(key):
+                    # we paused past the ttl and another scheduler took the run over: its now
+                    holder = self._leases().get(key)
+                    who = "another scheduler" if holder is None else holder.owner
+                    return Outcome.failure(
+                        f"the lease on this run was lost to {who}; it runs it now",
+                        retryable=False,
+                    )
                 try:
                     result = run_pipeline(
                         self.cfg, logical_time=t, until=self.until, clock=self.clock, on_step=tell
