@@ -34,6 +34,7 @@ from backline.cli import (
     schedule,
     serve,
     train,
+    up,
 )
 from backline.cli.common import cli_name
 from backline.core.console import err
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_commands(sub)  # schedule, backfill
     bench.add_commands(sub)
     data.add_doctor(sub)
+    up.add_commands(sub)
     demo.add_commands(sub)
     _accept_project_anywhere(parser)
     return parser
