@@ -99,6 +99,7 @@ def test_schedule_stops_on_sigterm_and_gives_its_leases_back(
     code, out, _ = _run(capsys, "schedule", "--project", str(landed))
     assert code == 0
     assert 'scheduling "0 2 * * *" in UTC' in out and "stopped; leases given back" in out
+    assert re.search(r"cron \S+T02:00:00\+00:00: succeeded \(ran ingest, validate\)", out)
     assert len(waited) == 1 and 0 < waited[0] <= 60  # the next poll of retraining requests
     assert json.loads((landed / ".backline/scheduler/lease.json").read_text()) == {}
     assert signal.getsignal(signal.SIGTERM) == before

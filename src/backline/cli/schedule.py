@@ -194,9 +194,15 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         _print_tick(report, quiet_when_idle=False)
         return _exit_code(report.ran)
     out.print(f"scheduling {escape(where)}; Ctrl-C or SIGTERM stops", highlight=False)
+    ticks = [0]
+
+    def show(report: TickReport) -> None:  # the first tick always, then only busy ones
+        _print_tick(report, quiet_when_idle=ticks[0] > 0)
+        ticks[0] += 1
+
     with _stop_on_sigterm():
         try:
-            scheduler.loop(lambda report: _print_tick(report, quiet_when_idle=True))
+            scheduler.loop(show)
         except KeyboardInterrupt:
             out.print("stopped; leases given back")
     return 0
