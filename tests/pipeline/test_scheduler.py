@@ -294,3 +294,39 @@ def test_a_project_without_a_schedule_is_told_how_to_add_one(landed: Path) -> No
         Scheduler(cfg).tick()
     with pytest.raises(ConfigError, match=r"schedule\.until = 'trian'"):
         Scheduler(load_config(landed, env={"BACKLINE_SCHEDULE_UNTIL": "trian"}))
+
+
+def test_a_sigterm_that_stopped_training_stops_the_scheduler_instead_of_a_retry(
+    landed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer takes SIGTERM itself (to checkpoint first) and raises TrainingInterrupted,
+    which is retryable. Under a scheduler that SIGTERM was meant for the scheduler: it must stop
+    as Ctrl-C stops it (no backoff wait, the lease given back), not wait and train again."""
+    from dataclasses import replace
+
+    from backline.core.errors import TrainingInterrupted
+    from backline.pipeline import steps
+
+    def interrupted(ctx: object) -> dict[str, object]:
+        raise TrainingInterrupted("training stopped by SIGTERM at step 7; a checkpoint was kept")
+
+    monkeypatch.setitem(
+        steps.STEPS, "materialize", replace(steps.STEPS["materialize"], run=interrupted)
+    )
+    cfg = _cfg(landed, BACKLINE_SCHEDULE_UNTIL="materialize", BACKLINE_SCHEDULE_MAX_ATTEMPTS="3")
+    clock = FakeClock(START)
+    scheduler, waits = _scheduler(cfg, clock)
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.tick()
+    assert waits.delays == []  # no retry was waited for
+    lease_file = landed / ".backline" / "scheduler" / "lease.json"
+    held = json.loads(lease_file.read_text()) if lease_file.exists() else {}
+    assert lease_key("fraud", SIX) not in held
+    history = _history(cfg)
+    try:
+        record = history.find("fraud", SIX)
+    finally:
+        history.dispose()
+    assert record is not None and record.state == "failed"
+    step = record.step("materialize")
+    assert step is not None and step.attempts == 1 and step.retryable

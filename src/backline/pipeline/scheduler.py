@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Literal
 
 from backline.core.config import CONFIG_FILE, Config
-from backline.core.errors import ConfigError, InvalidArgument, StoreError
+from backline.core.errors import (
+    ConfigError,
+    InvalidArgument,
+    StoreError,
+    TrainingInterrupted,
+)
 from backline.core.files import write_text_atomic
 from backline.core.workspace import STATE_DIR
 from backline.pipeline.executor import (
@@ -335,11 +340,18 @@ class Scheduler:
                     result = run_pipeline(
                         self.cfg, logical_time=t, until=self.until, clock=self.clock, on_step=tell
                     )
+                except TrainingInterrupted:
+                    raise KeyboardInterrupt from None  # see below
                 except Exception as exc:  # the executor recorded it; classify it as it does
                     return Outcome.failure(
                         f"{type(exc).__name__}: {exc}", retryable=is_retryable(exc)
                     )
                 results.append(result)
+                if isinstance(result.error, TrainingInterrupted):
+                    # SIGTERM reached the trainer (it takes the signal to checkpoint first), so
+                    # this scheduler is being stopped: stop as Ctrl-C would, leases given back,
+                    # instead of retrying; the next scheduler resumes from the checkpoint
+                    raise KeyboardInterrupt
                 if result.error is None:
                     return Outcome.success()
                 failed = result.failed_step
