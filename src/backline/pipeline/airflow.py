@@ -77,7 +77,7 @@ def steps_to_run(cfg: Config) -> list[tuple[str, tuple[str, ...]]]:
     if not until:
         return steps
     names = [name for name, _ in steps]
-    if until not in names:  # the config checks this too; keep the error here for old configs
+    if until not in names:  # the scheduler checks this when it starts; the DAG must too
         raise UsageError(
             f"[schedule] until = {until!r} is not a pipeline step; steps: {', '.join(names)}."
         )
