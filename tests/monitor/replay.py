@@ -26,15 +26,13 @@ Why the project looks the way it does:
   `normal_from` on is taken from the plain generation instead. With the same seed the two are
   identical before the drift day and differ afterwards only in the columns the change names.
 
-The demo uses the same functions; keep them free of pytest.
+The replay and the offline scoring live in `backline.demo.replay` (the demo uses them too);
+keep this module free of pytest.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,7 +46,8 @@ import pyarrow.parquet as pq
 import backline
 from backline.core.workspace import init_project
 from backline.data.generator import GeneratorConfig, generate, parse_drift
-from backline.data.offline_store import PREDICTION_COLUMNS, PREDICTIONS_DIR
+from backline.demo.replay import logged, replay_day, score_offline, wait_logged
+from backline.demo.replay import write_log as write_log
 from backline.pipeline.train import gate
 
 if TYPE_CHECKING:
@@ -227,77 +226,6 @@ class Replay:
         )
 
 
-# -- replaying through the server -----------------------------------------------------------
-
-
-def runs(keys: Sequence[Sequence[str]]) -> list[tuple[int, int]]:
-    """Split rows in time order into runs [a, b) in which no entity appears twice; `keys`
-    holds each row's entity keys (its card and its merchant). Pushing a run and then scoring
-    its rows reads every entity at or after its newest stored event, which the online store
-    needs (it trims an entity's events to its longest window before its newest one)."""
-    out: list[tuple[int, int]] = []
-    seen: set[str] = set()
-    start = 0
-    for i, row in enumerate(keys):
-        if not seen.isdisjoint(row):
-            out.append((start, i))
-            seen, start = set(), i
-        seen.update(row)
-    if start < len(keys):
-        out.append((start, len(keys)))
-    return out
-
-
-def replay_day(port: int, rows: pa.Table, model: str = "fraud") -> list[float]:
-    """Push `rows` (transactions in time order) through the server and score each one at its
-    own time; the scores in row order. Fails on any answer but 200."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    records = rows.to_pylist()
-    scores: list[float] = []
-    try:
-        keys = [(f"card:{r['card_id']}", f"merchant:{r['merchant_id']}") for r in records]
-        for a, b in runs(keys):
-            run = records[a:b]
-            pushed = _post(
-                conn,
-                "/v1/features:push",
-                {"source": "transactions", "rows": [_jsonable(r) for r in run]},
-            )
-            assert pushed["rows_accepted"] == len(run), pushed
-            for r in run:
-                instance = {
-                    "card_id": r["card_id"],
-                    "merchant_id": r["merchant_id"],
-                    "amount": r["amount"],
-                    "transaction_id": r["transaction_id"],
-                }
-                answer = _post(
-                    conn,
-                    f"/v1/models/{model}:predict",
-                    {"instances": [instance], "at": _iso(r["event_time"])},
-                )
-                scores.extend(answer["scores"])
-    finally:
-        conn.close()
-    return scores
-
-
-def _post(conn: http.client.HTTPConnection, path: str, body: Any) -> Any:
-    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-    answer = conn.getresponse()
-    text = answer.read().decode()
-    assert answer.status == 200, f"POST {path}: {answer.status} {text}"
-    return json.loads(text)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _iso(v) if isinstance(v, datetime) else v for k, v in row.items()}
-
-
 def run_days(
     root: Path, data: Replay, days: Sequence[int], monitor: Monitor | None = None
 ) -> list[PassResult]:
@@ -324,66 +252,7 @@ def run_days(
     return results
 
 
-def logged(root: Path) -> int:
-    """Rows in the project's prediction log (from the files' footers: opening the `predictions`
-    view would bind every file of the log and of the pushed batches)."""
-    folder = root / ".backline" / "offline" / PREDICTIONS_DIR
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("date=*/*.parquet"))
-
-
-def wait_logged(root: Path, rows: int, timeout: float = 30.0) -> None:
-    """Wait until the prediction log holds `rows` rows (the server writes in the background)."""
-    deadline = time.monotonic() + timeout
-    while (n := logged(root)) < rows:
-        assert time.monotonic() < deadline, f"{n} of {rows} predictions logged"
-        time.sleep(0.05)
-    assert n == rows, f"{n} predictions logged, {rows} sent"
-
-
 # -- scoring without the server ---------------------------------------------------------------
-
-
-def score_offline(
-    root: Path, transactions: pa.Table, model: str = "fraud", version: int = 1
-) -> pa.Table:
-    """Prediction-log rows for `transactions` (already ingested into the project), as the
-    server would log them when scoring each at its own time: the same features (a point-in-time
-    join equals an online read at that time) and the same package (training equals serving;
-    tests/serve/test_serving.py holds the server to both). `scored_at` is the event time."""
-    entities = transactions.select(["transaction_id", "card_id", "merchant_id", "amount"])
-    entities = entities.append_column("event_timestamp", transactions.column("event_time"))
-    with backline.open(root) as project:
-        features = project.historical_features(entities, "fraud_v1")
-        scores = project.model(f"{model}:{version}").score(features)
-    n = features.num_rows
-    columns: dict[str, Any] = {
-        "request_id": [f"offline-{i}" for i in range(n)],
-        "scored_at": features.column("event_timestamp"),
-        "model": [model] * n,
-        "model_version": [version] * n,
-        "score": scores.astype("float64"),
-        "latency_ms": [1.0] * n,
-        "queue_ms": [0.0] * n,
-        "batch_size": [1] * n,
-        "degraded": [False] * n,
-    }
-    table = pa.table(
-        {
-            k: pa.array(v, PREDICTION_COLUMNS[k]) if isinstance(v, list) else v
-            for k, v in columns.items()
-        }
-    )
-    table = table.set_column(
-        1, "scored_at", table.column("scored_at").cast(PREDICTION_COLUMNS["scored_at"])
-    )
-    table = table.set_column(4, "score", table.column("score").cast(pa.float64()))
-    for name in ("card_id", "merchant_id", "transaction_id", "amount"):
-        table = table.append_column(name, features.column(name))
-    skip = {"transaction_id", "card_id", "merchant_id", "amount", "event_timestamp"}
-    for name in features.column_names:
-        if name not in skip:
-            table = table.append_column(f"feature__{name}", features.column(name))
-    return table
 
 
 def ingest_replay(
@@ -397,18 +266,6 @@ def ingest_replay(
         project.ingest("transactions", path)
         if materialize:
             project.materialize(incremental=True)
-
-
-def write_log(root: Path, rows: pa.Table) -> None:
-    """Append `rows` to the project's prediction log the way the server does (PredictionLog)."""
-    from backline.core.config import load_config
-    from backline.serve.predlog import PredictionLog
-
-    if rows.num_rows == 0:
-        return
-    cfg = load_config(root)
-    with PredictionLog(cfg, worker="test", capacity=rows.num_rows, flush_every=60.0) as log:
-        assert log.append(rows) == rows.num_rows
 
 
 def ingest_labels(root: Path, labels: pa.Table, name: str = "replay-labels") -> None:
