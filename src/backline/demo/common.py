@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from backline.core.console import err, out
 
 if TYPE_CHECKING:
+    from backline.core.config import Config
     from backline.pipeline.train import Registered
     from backline.project import Project
 
@@ -101,12 +102,15 @@ class Data:
     """Labels of every transaction, with compressed arrival times."""
 
 
-def gate_and_promote(project: Project, reg: Registered, outcome: Outcome, *, first: bool) -> bool:
-    """Gate `reg`'s version (and promote it when `first`); whether it passed."""
+def gate_and_promote(
+    project: Project, reg: Registered, outcome: Outcome, *, first: bool, cfg: Config | None = None
+) -> bool:
+    """Gate `reg`'s version on the holdout of `cfg` (default: the project's config), and
+    promote it when `first`; whether it passed."""
     from backline.pipeline.train import gate
 
     version = reg.version.version
-    record = gate(project.config, MODEL, version)
+    record = gate(cfg or project.config, MODEL, version)
     checks = ", ".join(f"{c.name} {'ok' if c.passed else 'FAIL'}" for c in record.checks)
     against = "" if record.champion_version is None else f" against v{record.champion_version}"
     out.print(

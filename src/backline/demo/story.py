@@ -6,7 +6,7 @@
 The days (day 0 = 2026-01-01, UTC):
 
     0-29    history: every feature window (the longest is 30 days) is full by day 30
-    30-39   labelled examples v1 is trained on (the last 2 days are its holdout)
+    30-39   labelled examples v1 is trained on (the last 4 days are its holdout)
     40-59   replayed day by day through `backline serve`; the monitor runs after each day
     45      the drift: half the traffic moves online, and 30% of the legitimate online
             digital-goods purchases become fraud (account takeover, which v1 never saw)
@@ -92,7 +92,7 @@ def _configure(root: Path, opts: DemoOptions) -> None:
         ("checkpoint_every = 200", f"checkpoint_every = {opts.kill_at // 2}"),
         ("warmup_steps = 100", f"warmup_steps = {max(1, opts.steps // 10)}"),
         ("max_latency_ms = 5.0", "max_latency_ms = 1000.0"),  # no verdict on a busy machine
-        ('holdout = "5d"', 'holdout = "2d"'),
+        ('holdout = "5d"', 'holdout = "4d"'),
     ):
         if old not in text:
             raise AssertionError(f"the example's backline.toml has no {old!r}")
