@@ -24,6 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"project"}),
     frozenset({"serve"}),
     frozenset({"bench"}),
+    frozenset({"demo"}),
     frozenset({"cli"}),
 )
 
