@@ -7,14 +7,11 @@ import argparse
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-from backline.core.console import err
+from backline.core.console import progress_bar
 from backline.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -51,26 +48,8 @@ def _open(args: argparse.Namespace) -> Project:
     return Project(load_config(_project(args)))
 
 
-@contextmanager
-def _progress(enabled: bool, label: str) -> Iterator[Callable[[str, float], None]]:
-    """A rich progress bar on stderr; a no-op when output is JSON or not a terminal."""
-    if not enabled:
-        yield lambda stage, done: None
-        return
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=1.0)
-
-        def update(stage: str, done: float) -> None:
-            bar.update(task, completed=done, description=f"{label}: {stage}")
-
-        yield update
+_progress = progress_bar
+"""The progress bar every command shows (backline.core.console.progress_bar)."""
 
 
 def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from backline.core.console import err, out
+from backline.core.console import err, out, progress_bar
 
 if TYPE_CHECKING:
     from backline.core.config import Config
@@ -130,28 +129,8 @@ def gate_and_promote(
 # -- serving, monitoring, retraining ------------------------------------------------------------
 
 
-@contextmanager
-def bar(enabled: bool, label: str) -> Iterator[Callable[[str, float], None]]:
-    """A rich progress bar on stderr (a no-op when it is not a terminal); yields
-    update(stage, fraction_done)."""
-    if not enabled:
-        yield lambda stage, done: None
-        return
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=1.0)
-
-        def update(stage: str, done: float) -> None:
-            text = f"{label}: {stage}" if stage else label
-            bar.update(task, completed=min(done, 1.0), description=text)
-
-        yield update
+bar = progress_bar
+"""The progress bar the commands show (backline.core.console.progress_bar)."""
 
 
 @contextmanager
