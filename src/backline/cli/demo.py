@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,5 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print(f"  {bl} models show fraud@champion")
     out.print(f'  {bl} sql "SELECT reason, count(*) AS n FROM quarantine GROUP BY 1"')
     if outcome.report is not None:
-        out.print(f"  open {shlex.quote(str(outcome.report.resolve()))}")
+        # macOS opens files with `open`; elsewhere /usr/bin/open may be another program
+        opener = "open" if sys.platform == "darwin" else "xdg-open"
+        out.print(f"  {opener} {shlex.quote(str(outcome.report.resolve()))}")
     return 0 if outcome.passed else 1
