@@ -92,6 +92,27 @@ def test_the_same_key_again_does_nothing(landed: Path) -> None:
     assert len(_batches(cfg)) == 2
 
 
+def test_force_runs_every_step_of_a_succeeded_key_again(landed: Path) -> None:
+    """`backfill --mode all`: the key succeeded, and force runs its steps once more (without it
+    the same trigger is answered from the record)."""
+    cfg = _cfg(landed)
+    first = run_pipeline(cfg, logical_time=T1, until="validate", clock=FakeClock())
+    forced = run_pipeline(cfg, logical_time=T1, until="validate", clock=FakeClock(), force=True)
+    assert not forced.already_done and forced.plan is not None
+    assert [(d.step, d.reason) for d in forced.plan.steps] == [
+        ("ingest", "forced"),
+        ("validate", "forced"),
+    ]
+    steps = {s.step: s for s in forced.run.steps}
+    assert {n: s.state for n, s in steps.items()} == {
+        "ingest": "succeeded",
+        "validate": "succeeded",
+    }
+    assert all(s.attempts == 2 for s in steps.values())
+    assert forced.run.triggers == first.run.triggers + 1
+    assert len(_batches(cfg)) == 2  # ingesting the same files again adds no batch
+
+
 def test_an_unchanged_rerun_is_a_no_op_and_new_data_makes_ingest_and_downstream_stale(
     landed: Path, landing_files: Landing
 ) -> None:

@@ -146,7 +146,8 @@ def test_backfill_exits_1_on_a_retryable_failure_and_failed_mode_resumes_it(
     assert "2026-02-01T02:00:00+00:00: succeeded (ran materialize)" in out  # resumed there
     assert set(_states(landed).values()) == {"succeeded"}
     code, out, _ = _run(capsys, "backfill", "--project", p, *span, "--mode", "all")
-    assert code == 0 and "backfill: 2 already done" in out and "is not run again" in out
+    assert code == 0 and "backfill: 2 succeeded" in out, out  # forced: every step again
+    assert "2026-02-01T02:00:00+00:00: succeeded (ran ingest, validate, materialize)" in out, out
 
 
 def test_backfill_refuses_bad_input_and_a_run_that_needs_a_fix_exits_2(

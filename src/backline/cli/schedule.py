@@ -243,18 +243,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     with _bar(err.is_terminal, len(plan.entries)) as advance:
         for entry in plan.entries:
             advance(entry.logical_time.isoformat())
-            ran.append(scheduler.run_one(entry.logical_time, "backfill"))
+            ran.append(scheduler.run_one(entry.logical_time, "backfill", force=entry.force))
             out.print("  " + _describe(ran[-1]), highlight=False, soft_wrap=True)
     counts = {e: sum(r.ending == e for r in ran) for e in _STYLE}
     out.print(
         "backfill: " + ", ".join(f"{n} {e}" for e, n in counts.items() if n),
         highlight=False,
     )
-    if args.mode == "all" and counts["already done"]:
-        out.print(
-            "  (a run that already succeeded is not run again: its steps are fresh)",
-            highlight=False,
-        )
     code = _exit_code(ran)
     if code == 1:
         err.print(

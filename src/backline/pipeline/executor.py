@@ -104,11 +104,13 @@ def run_pipeline(
     on_step: OnStep | None = None,
     graph: Graph = GRAPH,
     steps: dict[str, StepImpl] | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Trigger the run (project.name, `logical_time`) and run its stale steps up to `until`.
 
     `clock` stamps the records (and gives the default logical time); tests pass a fake one.
-    `graph` and `steps` replace the pipeline's own for tests of the executor itself.
+    `graph` and `steps` replace the pipeline's own for tests of the executor itself. `force`
+    runs every step in scope again, even for a key that succeeded (`backfill --mode all`).
     """
     from backline.registry.db import Database
 
@@ -127,10 +129,13 @@ def run_pipeline(
     try:
         history.prepare()
         found = history.find(pipeline, when)
-        if found is not None and found.state == "succeeded" and _covers(found, scope):
+        done = found is not None and found.state == "succeeded" and _covers(found, scope)
+        if done and not force:
+            assert found is not None
             return RunResult(found, None, already_done=True, resumed=False)
         run, created = history.claim(pipeline, when, owner=_owner(), now=clock())
-        return _execute(history, run, not created, ctx, graph, impls, until, clock, on_step)
+        forced = scope if force else frozenset()
+        return _execute(history, run, not created, ctx, graph, impls, until, clock, on_step, forced)
     finally:
         ctx.close()
         history.dispose()
@@ -146,6 +151,7 @@ def _execute(
     until: str | None,
     clock: Clock,
     on_step: OnStep | None,
+    forced: frozenset[str] = frozenset(),
 ) -> RunResult:
     tell = on_step or (lambda step, event: None)
     position = {name: i for i, name in enumerate(graph.names)}
@@ -161,7 +167,7 @@ def _execute(
     except BaseException:  # the stores could not be read: nothing ran, the run is failed
         history.finish(run.id, "failed", now=clock())
         raise
-    decided = plan(graph, current, last, until=until)
+    decided = plan(graph, current, last, until=until, force=forced)
     mine = {s.step: s for s in run.steps}
     for name in decided.fresh:
         if name not in mine or mine[name].state != "succeeded":

@@ -307,8 +307,9 @@ class Scheduler:
 
     # -- one logical time --------------------------------------------------------------------
 
-    def run_one(self, logical_time: datetime, trigger: Trigger) -> Ran:
-        """Run one logical time under its lease, retrying retryable failures."""
+    def run_one(self, logical_time: datetime, trigger: Trigger, *, force: bool = False) -> Ran:
+        """Run one logical time under its lease, retrying retryable failures. `force`: run
+        every step again even if the key succeeded (a backfill in mode `all`)."""
         key = lease_key(self.pipeline, logical_time)
         decision = self.leaser.acquire(key)
         if decision.action == "leave alone":
@@ -338,7 +339,13 @@ class Scheduler:
                     )
                 try:
                     result = run_pipeline(
-                        self.cfg, logical_time=t, until=self.until, clock=self.clock, on_step=tell
+                        self.cfg,
+                        logical_time=t,
+                        until=self.until,
+                        clock=self.clock,
+                        on_step=tell,
+                        # a retry resumes: only the first attempt forces
+                        force=force and number == 1,
                     )
                 except TrainingInterrupted:
                     raise KeyboardInterrupt from None  # see below
